@@ -1,0 +1,289 @@
+"""The ``nnseal`` command line: a thin layer that parses, calls the library and prints.
+
+Exit codes: 0 intact / success, 1 tampered, 3 inconclusive, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nnseal.errors import NnsealError
+
+INPUT_ERROR = 2
+
+
+class _Group(click.Group):
+    """Turns every user-caused error into one line on stderr and exit code 2 — never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (NnsealError, ValueError, OSError) as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(INPUT_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nnseal")
+def main() -> None:
+    """Black-box tamper detection for neural-network classifiers."""
+
+
+def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
+    click.echo(json.dumps(obj, indent=2) if as_json else text)
+
+
+_root = click.option("--root", type=click.Path(path_type=Path), help="Folder holding the dataset files.")
+_json = click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+_hmac = click.option(
+    "--hmac-key-file",
+    type=click.Path(path_type=Path),
+    help="HMAC-SHA256 key file (default: the NNSEAL_HMAC_KEY environment variable).",
+)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("nnseal-demo"), show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out: Path, seed: int, quiet: bool) -> None:
+    """Train on bundled digits, fingerprint, tamper, verify; write a report."""
+    from nnseal.demo import run_demo
+
+    rows = run_demo(out, seed=seed, progress=not quiet)
+    sys.exit(0 if all(r.ok for r in rows) else 1)
+
+
+@main.command()
+@click.option("--data", "dataset", default="digits", show_default=True, help="Dataset name.")
+@_root
+@click.option("--arch", type=click.Choice(["mlp", "lenet", "vgg"]), default="lenet", show_default=True)
+@click.option("--epochs", default=20.0, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model file (.safetensors).")
+@click.option("--onnx", type=click.Path(path_type=Path), help="Also export to this ONNX file.")
+@_json
+def train(
+    dataset: str,
+    root: Path | None,
+    arch: str,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    out: Path,
+    onnx: Path | None,
+    as_json: bool,
+) -> None:
+    """Train a reference model (seeded) and save it as safetensors + JSON config."""
+    from nnseal.data import load_dataset
+    from nnseal.models import evaluate_accuracy, export_onnx, model_id, save_model, train_model
+
+    tr, te = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
+    model = train_model(
+        tr, arch, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=not as_json
+    )
+    acc = evaluate_accuracy(model, te)
+    save_model(model, out)
+    if onnx:
+        export_onnx(model, onnx, tr.input_shape)
+    info = {
+        "model": str(out),
+        "onnx": str(onnx) if onnx else None,
+        "arch": arch,
+        "dataset": dataset,
+        "test_accuracy": acc,
+        "model_id": model_id(model),
+        "seed": seed,
+    }
+    _emit(
+        info,
+        as_json,
+        f"{arch} on {dataset}: test accuracy {acc:.2%}; saved {out}" + (f" and {onnx}" if onnx else ""),
+    )
+
+
+@main.command("export")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+def export_cmd(model: Path, out: Path) -> None:
+    """Export an nnseal model file to ONNX."""
+    from nnseal.models import export_onnx, load_model
+
+    m = load_model(model)
+    export_onnx(m, out, m.config.input_shape)
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "dataset", default="digits", show_default=True, help="Dataset the seeds come from.")
+@_root
+@click.option("--split", default="test", show_default=True)
+@click.option("-n", "--n-queries", default=10, show_default=True, help="Fingerprint size N_S.")
+@click.option("--bag", "bag_size", default=100, show_default=True, help="Candidates generated.")
+@click.option(
+    "--selection", type=click.Choice(["manc", "random", "first"]), default="manc", show_default=True
+)
+@click.option("--steps", default=1000, show_default=True)
+@click.option("--lr", default=1e-2, show_default=True)
+@click.option("--epsilon", default=0.1, show_default=True, help="Radius of the ball around each seed.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--output", type=click.Choice(["probs", "logits"]), default="probs", show_default=True)
+@click.option("--params", help="Comma-separated parameter names W (default: last layer).")
+@click.option("--specs", default="top1,top3,top1-p4", show_default=True, help="Output specs to support.")
+@click.option("--min-margin", default=1e-5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Fingerprint file to write.")
+@_hmac
+@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign with.")
+@_json
+def fingerprint(
+    model: Path,
+    dataset: str,
+    root: Path | None,
+    split: str,
+    n_queries: int,
+    bag_size: int,
+    selection: str,
+    steps: int,
+    lr: float,
+    epsilon: float,
+    norm: str,
+    output: str,
+    params: str | None,
+    specs: str,
+    min_margin: float,
+    seed: int,
+    out: Path,
+    hmac_key_file: Path | None,
+    sign_key: Path | None,
+    as_json: bool,
+) -> None:
+    """Make a Sensitive-Sample fingerprint of MODEL."""
+    from nnseal.data import load_dataset
+    from nnseal.fingerprint import hmac_key_from, load_private_key
+    from nnseal.methods import SensitiveSampleFingerprinter
+    from nnseal.models import load_model
+
+    m = load_model(model)
+    data = load_dataset(dataset, root, split)
+    hmac_key = hmac_key_from(file=hmac_key_file)
+    private = load_private_key(sign_key) if sign_key else None
+    method = SensitiveSampleFingerprinter(
+        n_queries=n_queries,
+        bag_size=bag_size,
+        selection=selection,
+        steps=steps,
+        lr=lr,
+        epsilon=epsilon,
+        norm=norm,
+        output=output,
+        params=params.split(",") if params else None,  # type: ignore[arg-type]
+        specs=specs.split(","),
+        min_margin=min_margin,
+        seed=seed,
+        progress=not as_json,
+    )
+    fp = method.fingerprint(m, data)
+    fp.save(out, hmac_key=hmac_key, ed25519_key=private)
+    signed = [s for s, k in (("hmac-sha256", hmac_key), ("ed25519", private)) if k is not None]
+    info = {
+        "fingerprint": str(out),
+        "n_queries": len(fp),
+        "specs": fp.specs,
+        "model_id": fp.model_id,
+        "signed": signed,
+        "params": fp.params,
+    }
+    _emit(
+        info,
+        as_json,
+        f"wrote {out}: {len(fp)} queries, specs {', '.join(fp.specs)}, signed: {', '.join(signed) or 'no'}",
+    )
+
+
+@main.command("verify")
+@click.argument("fingerprint_file", metavar="FINGERPRINT", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--spec", help="Output spec to compare (default: the fingerprint's first).")
+@click.option("--budget", type=int, help="Most queries to send (fewer than the fingerprint → inconclusive).")
+@click.option("--stop-early", is_flag=True, help="Stop at the first mismatch.")
+@click.option("--batch-size", default=64, show_default=True)
+@_hmac
+@click.option("--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with.")
+@click.option("--require-signature", is_flag=True, help="Refuse fingerprints that are not signed.")
+@_json
+def verify_cmd(
+    fingerprint_file: Path,
+    target: Path,
+    spec: str | None,
+    budget: int | None,
+    stop_early: bool,
+    batch_size: int,
+    hmac_key_file: Path | None,
+    public_key: Path | None,
+    require_signature: bool,
+    as_json: bool,
+) -> None:
+    """Verify TARGET (an nnseal model file or an .onnx file) against FINGERPRINT.
+
+    Exit code: 0 intact, 1 tampered, 3 inconclusive, 2 bad input.
+    """
+    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
+    from nnseal.targets import open_target
+    from nnseal.verify import verify
+
+    fp = Fingerprint.load(
+        fingerprint_file,
+        hmac_key=hmac_key_from(file=hmac_key_file),
+        ed25519_public_key=load_public_key(public_key) if public_key else None,
+        require_signature=require_signature,
+    )
+    verdict = verify(
+        fp, open_target(target), spec, budget=budget, stop_at_first_mismatch=stop_early, batch_size=batch_size
+    )
+    text = (
+        f"{verdict.status.value.upper()}: {verdict.reason} (spec {verdict.spec}, "
+        f"{verdict.queries_used} queries)"
+    )
+    if verdict.mismatches:
+        text += f"\nmismatching queries: {verdict.mismatches}"
+    _emit(verdict.to_dict(), as_json, text)
+    sys.exit(verdict.exit_code)
+
+
+@main.command()
+@click.argument("private", type=click.Path(path_type=Path))
+@click.argument("public", type=click.Path(path_type=Path))
+def keygen(private: Path, public: Path) -> None:
+    """Write a new Ed25519 key pair (PEM) for signing fingerprints."""
+    from nnseal.fingerprint import generate_keypair
+
+    if private.exists():
+        raise NnsealError(f"{private} exists; refusing to overwrite a private key")
+    generate_keypair(private, public)
+    click.echo(f"wrote {private} (keep secret) and {public}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def inspect(path: Path) -> None:
+    """Print the header of a fingerprint or the config and id of a model file."""
+    from nnseal.errors import FingerprintError
+    from nnseal.fingerprint import Fingerprint
+    from nnseal.models import load_model, model_id
+
+    try:
+        fp = Fingerprint.load(path)
+        click.echo(json.dumps(fp.header(), indent=2))
+    except FingerprintError:
+        m = load_model(path)
+        click.echo(json.dumps({"model_id": model_id(m), "config": m.config.to_dict()}, indent=2))

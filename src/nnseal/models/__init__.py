@@ -1,0 +1,18 @@
+"""Reference architectures, training, and safe save/load/export."""
+
+from nnseal.models.architectures import ARCHITECTURES, Classifier, ModelConfig, build_model
+from nnseal.models.io import export_onnx, load_model, model_id, save_model
+from nnseal.models.train import evaluate_accuracy, train_model
+
+__all__ = [
+    "ARCHITECTURES",
+    "Classifier",
+    "ModelConfig",
+    "build_model",
+    "evaluate_accuracy",
+    "export_onnx",
+    "load_model",
+    "model_id",
+    "save_model",
+    "train_model",
+]

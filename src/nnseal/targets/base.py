@@ -1,0 +1,41 @@
+"""Black-box targets: anything that answers a batch of inputs, counted query by query."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+
+Provides = Literal["probabilities", "labels"]
+
+
+class Target(ABC):
+    """A model the verifier can only query.
+
+    ``predict`` takes float32 inputs (N, C, H, W) in [0, 1] and returns either a probability matrix
+    (N, classes) or ranked labels (N, k), as ``provides`` declares, so a spec that needs
+    probabilities is refused up front on a labels-only target. ``queries`` counts inputs sent.
+    """
+
+    provides: Provides = "probabilities"
+
+    def __init__(self) -> None:
+        self.queries = 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.queries += len(x)
+        return self._predict(np.ascontiguousarray(x, dtype=np.float32))
+
+    @abstractmethod
+    def _predict(self, x: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A one-line description for reports."""
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

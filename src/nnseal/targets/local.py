@@ -1,0 +1,90 @@
+"""Local targets: a PyTorch module in this process, or an ONNX model in ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnseal.errors import TargetError
+from nnseal.targets.base import Target, softmax
+
+
+class TorchTarget(Target):
+    """Softmax of a torch module's logits; ``batch_size``/``threads`` reproduce a serving setup."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_size: int | None = None,
+        threads: int | None = None,
+        name: str = "torch",
+    ) -> None:
+        super().__init__()
+        self.model, self.batch_size, self.threads, self.name = model.eval(), batch_size, threads, name
+
+    @torch.no_grad()
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            xt = torch.from_numpy(x)
+            bs = self.batch_size or max(1, len(xt))
+            logits = torch.cat([self.model(xt[i : i + bs]) for i in range(0, len(xt), bs)])
+        finally:
+            torch.set_num_threads(before)
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+    def describe(self) -> str:
+        threads = self.threads or torch.get_num_threads()
+        return f"{self.name} (batch {self.batch_size or 'all'}, threads {threads})"
+
+
+class OnnxTarget(Target):
+    """An ONNX model run by ONNX Runtime on CPU; its first output is taken as logits."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, threads: int | None = None, batch_size: int | None = None
+    ) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self.path, self.batch_size = Path(path), batch_size
+        if not self.path.is_file():
+            raise TargetError(f"ONNX model not found: {self.path}")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise TargetError(
+                f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})"
+            ) from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        bs = self.batch_size or max(1, len(x))
+        try:
+            out = [self.session.run(None, {self.input_name: x[i : i + bs]})[0] for i in range(0, len(x), bs)]
+        except Exception as e:
+            raise TargetError(f"ONNX Runtime failed on a batch: {str(e).splitlines()[0][:160]}") from None
+        return softmax(np.concatenate(out).astype(np.float64)).astype(np.float32)
+
+    def describe(self) -> str:
+        return f"onnxruntime ({self.path.name})"
+
+
+def open_target(path: str | os.PathLike[str], **kwargs: int | None) -> Target:
+    """A target for a model file: ``.onnx`` runs in ONNX Runtime, anything else loads as an nnseal model."""
+    from nnseal.models.io import load_model
+
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return OnnxTarget(path, **kwargs)
+    return TorchTarget(load_model(path), name=f"torch ({path.name})", **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,31 @@
+"""Shared fixtures: one LeNet trained on scikit-learn digits and one fingerprint of it, per session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nnseal.data import Dataset, load_dataset
+from nnseal.fingerprint import Fingerprint
+from nnseal.methods import SensitiveSampleFingerprinter
+from nnseal.models import Classifier, train_model
+
+torch.set_num_threads(2)
+
+FP_SPECS = ("top1", "top3", "top1-p2", "top1-p4")
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[Dataset, Dataset]:
+    return load_dataset("digits", split="train"), load_dataset("digits", split="test")
+
+
+@pytest.fixture(scope="session")
+def model(digits: tuple[Dataset, Dataset]) -> Classifier:
+    return train_model(digits[0], "lenet", epochs=20, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def fingerprint(model: Classifier, digits: tuple[Dataset, Dataset]) -> Fingerprint:
+    method = SensitiveSampleFingerprinter(n_queries=20, bag_size=200, steps=500, seed=0, specs=FP_SPECS)
+    return method.fingerprint(model, digits[1])

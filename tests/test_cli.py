@@ -1,0 +1,163 @@
+"""The command line end to end: train → fingerprint → verify, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from nnseal.cli import main
+from nnseal.models import save_model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, model) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    runner = CliRunner()
+    save_model(model, d / "model.safetensors")
+    r = runner.invoke(main, ["export", str(d / "model.safetensors"), str(d / "model.onnx")])
+    assert r.exit_code == 0, r.output
+    (d / "hmac.key").write_text("s3cret\n")
+    r = runner.invoke(
+        main,
+        [
+            "fingerprint",
+            str(d / "model.safetensors"),
+            "--out",
+            str(d / "fp.nnseal"),
+            "-n",
+            "8",
+            "--bag",
+            "60",
+            "--steps",
+            "200",
+            "--hmac-key-file",
+            str(d / "hmac.key"),
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["n_queries"] == 8 and info["signed"] == ["hmac-sha256"]
+    return {
+        "dir": d,
+        "model": d / "model.safetensors",
+        "onnx": d / "model.onnx",
+        "fp": d / "fp.nnseal",
+        "key": d / "hmac.key",
+    }
+
+
+def _verify(files, *args: str):
+    return CliRunner().invoke(main, ["verify", str(files["fp"]), *args, "--hmac-key-file", str(files["key"])])
+
+
+def test_verify_intact_torch_and_onnx(files) -> None:
+    for target in ("model", "onnx"):
+        r = _verify(files, str(files[target]), "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["status"] == "intact"
+
+
+def test_verify_tampered_exit_code(files, model) -> None:
+    from nnseal.attacks import quantize_weights
+
+    save_model(quantize_weights(model, bits=4), files["dir"] / "bad.safetensors")
+    r = _verify(files, str(files["dir"] / "bad.safetensors"), "--spec", "top1-p4")
+    assert r.exit_code == 1, r.output
+    assert r.stdout.startswith("TAMPERED") and "mismatching queries" in r.stdout
+
+
+def test_verify_budget_inconclusive_exit_code(files) -> None:
+    r = _verify(files, str(files["model"]), "--budget", "3")
+    assert r.exit_code == 3 and r.stdout.startswith("INCONCLUSIVE")
+
+
+def test_wrong_key_is_one_line_error(files) -> None:
+    (files["dir"] / "other.key").write_text("not the key")
+    r = CliRunner().invoke(
+        main,
+        ["verify", str(files["fp"]), str(files["model"]), "--hmac-key-file", str(files["dir"] / "other.key")],
+    )
+    assert r.exit_code == 2
+    assert r.stderr.strip().count("\n") == 0 and "HMAC signature does not match" in r.stderr
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10])
+def test_corrupt_fingerprint_is_one_line_error(files, content: bytes) -> None:
+    bad = files["dir"] / "bad.nnseal"
+    bad.write_bytes(content)
+    r = CliRunner().invoke(main, ["verify", str(bad), str(files["model"])])
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0
+
+
+def test_bad_target_and_bad_arguments(files) -> None:
+    r = _verify(files, str(files["dir"] / "missing.onnx"))
+    assert r.exit_code == 2 and "not found" in r.stderr
+    r = _verify(files, str(files["model"]), "--spec", "top99")
+    assert r.exit_code == 2 and "not valid for output spec top99" in r.stderr
+    r = CliRunner().invoke(
+        main, ["fingerprint", str(files["model"]), "--out", str(files["dir"] / "x.nnseal"), "--epsilon", "-1"]
+    )
+    assert r.exit_code == 2 and "epsilon" in r.stderr
+    assert not (files["dir"] / "x.nnseal").exists()
+
+
+def test_require_signature_and_ed25519(files, tmp_path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(main, ["verify", str(files["fp"]), str(files["model"]), "--require-signature"])
+    assert r.exit_code == 2 and "signature is required" in r.stderr
+    assert runner.invoke(main, ["keygen", str(tmp_path / "k.pem"), str(tmp_path / "k.pub")]).exit_code == 0
+    r = runner.invoke(main, ["keygen", str(tmp_path / "k.pem"), str(tmp_path / "k2.pub")])
+    assert r.exit_code == 2 and "refusing to overwrite" in r.stderr
+    r = runner.invoke(
+        main,
+        [
+            "fingerprint",
+            str(files["model"]),
+            "--out",
+            str(tmp_path / "s.nnseal"),
+            "-n",
+            "4",
+            "--bag",
+            "20",
+            "--steps",
+            "50",
+            "--sign-key",
+            str(tmp_path / "k.pem"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        main,
+        [
+            "verify",
+            str(tmp_path / "s.nnseal"),
+            str(files["onnx"]),
+            "--public-key",
+            str(tmp_path / "k.pub"),
+            "--require-signature",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+
+
+def test_inspect(files) -> None:
+    r = CliRunner().invoke(main, ["inspect", str(files["fp"])])
+    assert r.exit_code == 0 and json.loads(r.stdout)["method"] == "sensitive-sample"
+    r = CliRunner().invoke(main, ["inspect", str(files["model"])])
+    assert r.exit_code == 0 and json.loads(r.stdout)["config"]["arch"] == "lenet"
+
+
+def test_train_command(tmp_path) -> None:
+    r = CliRunner().invoke(
+        main, ["train", "--arch", "mlp", "--epochs", "2", "--out", str(tmp_path / "m.safetensors"), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["test_accuracy"] > 0.5 and len(info["model_id"]) == 64
+    r = CliRunner().invoke(main, ["train", "--data", "mnist", "--out", str(tmp_path / "x.safetensors")])
+    assert r.exit_code == 2 and "root" in r.stderr
