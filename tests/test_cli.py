@@ -62,9 +62,9 @@ def test_verify_intact_torch_and_onnx(files) -> None:
 
 
 def test_verify_tampered_exit_code(files, model) -> None:
-    from nnseal.attacks import quantize_weights
+    from nnseal.attacks import run_attack
 
-    save_model(quantize_weights(model, bits=4), files["dir"] / "bad.safetensors")
+    run_attack("quantize-bits", model, {"bits": 4}).save(files["dir"] / "bad.safetensors")
     r = _verify(files, str(files["dir"] / "bad.safetensors"), "--spec", "top1-p4")
     assert r.exit_code == 1, r.output
     assert r.stdout.startswith("TAMPERED") and "mismatching queries" in r.stdout
@@ -161,3 +161,49 @@ def test_train_command(tmp_path) -> None:
     assert info["test_accuracy"] > 0.5 and len(info["model_id"]) == 64
     r = CliRunner().invoke(main, ["train", "--data", "mnist", "--out", str(tmp_path / "x.safetensors")])
     assert r.exit_code == 2 and "root" in r.stderr
+
+
+def test_attack_command_chains_and_verifies(files) -> None:
+    runner = CliRunner()
+    d = files["dir"]
+    r = runner.invoke(
+        main, ["attack", str(files["model"]), "prune", "-p", "amount=0.5", "--out", str(d / "p.safetensors")]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        main,
+        ["attack", str(d / "p.safetensors"), "quantize-int8", "--out", str(d / "pq.safetensors"), "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["lineage_str"] == "prune(amount=0.5)-quantize-int8()"
+    assert _verify(files, str(d / "pq.safetensors"), "--spec", "top1-p4").exit_code == 1
+    r = runner.invoke(main, ["attack", str(files["model"]), "onnx-quantize", "--out", str(d / "q.onnx")])
+    assert r.exit_code == 0, r.output
+    assert _verify(files, str(d / "q.onnx"), "--spec", "top1-p4").exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["melt"], "unknown attack 'melt'"),
+        (["prune", "-p", "amount=1.5"], "amount (sparsity) must be in (0, 1)"),
+        (["prune", "-p", "amount"], "KEY=VALUE"),
+        (["prune", "-p", "sparsity=0.5"], "unknown parameter 'sparsity'"),
+        (["quantize-bits", "-p", "bits=0"], "bits must be between"),
+        (["onnx-quantize"], "--out must be .onnx"),
+    ],
+)
+def test_attack_command_bad_input(files, args, message) -> None:
+    out = files["dir"] / "never.safetensors"
+    r = CliRunner().invoke(main, ["attack", str(files["model"]), *args, "--out", str(out)])
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_attack_help_lists_every_kind() -> None:
+    from nnseal.attacks import ATTACKS
+
+    r = CliRunner().invoke(main, ["attack", "--help"])
+    assert r.exit_code == 0
+    for name in ATTACKS:
+        assert f"  {name}" in r.output

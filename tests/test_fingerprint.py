@@ -118,7 +118,7 @@ def test_future_schema_version(fingerprint, tmp_path) -> None:
         (b"", "truncated"),
         (b"\x00" * 4, "truncated"),
         (b"\xff" * 64, "truncated"),
-        (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", "corrupt"),
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", "bad header"),
     ],
 )
 def test_corrupt_files(tmp_path, content: bytes, match: str) -> None:

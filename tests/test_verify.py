@@ -3,11 +3,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnseal.attacks import perturb_weight
+from nnseal.attacks import run_attack
 from nnseal.errors import NnsealError, TargetError
 from nnseal.models import export_onnx
 from nnseal.targets import OnnxTarget, Target, TorchTarget
 from nnseal.verify import Status, verify
+
+
+def _largest_weight_scaled(model, relative: float) -> Target:
+    """The model with its largest last-layer weight scaled by (1 + relative)."""
+    return run_attack("modify-weights", model, {"index": -2, "relative": relative}).target()
 
 
 class LabelsTarget(Target):
@@ -77,21 +82,18 @@ def test_one_weight_plus_one_percent_is_tampered(model, fingerprint) -> None:
     """Documented sensitivity: a +1 % change of the largest last-layer weight is caught by this
     20-query fingerprint when the API returns the top-1 probability (4 decimals). The top-1 label
     alone is too coarse for so small an edit (see the README's measurements)."""
-    big = int(model.head.weight.detach().abs().argmax())
-    v = verify(fingerprint, TorchTarget(perturb_weight(model, relative=0.01, index=big)), "top1-p4")
+    v = verify(fingerprint, _largest_weight_scaled(model, 0.01), "top1-p4")
     assert v.status is Status.TAMPERED and v.exit_code == 1
     assert v.mismatches and set(v.mismatches) <= set(range(len(fingerprint)))
 
 
 def test_larger_weight_edit_is_tampered_at_top1(model, fingerprint) -> None:
-    big = int(model.head.weight.detach().abs().argmax())
-    v = verify(fingerprint, TorchTarget(perturb_weight(model, relative=0.5, index=big)), "top1")
+    v = verify(fingerprint, _largest_weight_scaled(model, 0.5), "top1")
     assert v.status is Status.TAMPERED
 
 
 def test_stop_at_first_mismatch_uses_fewer_queries(model, fingerprint) -> None:
-    big = int(model.head.weight.detach().abs().argmax())
-    target = TorchTarget(perturb_weight(model, relative=0.5, index=big))
+    target = _largest_weight_scaled(model, 0.5)
     full = verify(fingerprint, target, "top1-p4", batch_size=1)
     early = verify(fingerprint, target, "top1-p4", batch_size=1, stop_at_first_mismatch=True)
     assert early.status is Status.TAMPERED
@@ -107,7 +109,7 @@ def test_budget_too_small_is_inconclusive_never_intact(model, fingerprint) -> No
 
 
 def test_budget_can_still_prove_tampering(model, fingerprint) -> None:
-    tampered = TorchTarget(perturb_weight(model, relative=0.5, index=int(model.head.weight.abs().argmax())))
+    tampered = _largest_weight_scaled(model, 0.5)
     full = verify(fingerprint, tampered, "top1-p4")
     v = verify(fingerprint, tampered, "top1-p4", budget=full.mismatches[0] + 1)
     assert v.status is Status.TAMPERED
@@ -123,8 +125,7 @@ def test_failed_or_malformed_answers_are_inconclusive(model, fingerprint, fault)
 
 
 def test_malformed_answers_on_a_tampered_model_still_show_tampering(model, fingerprint) -> None:
-    big = int(model.head.weight.detach().abs().argmax())
-    tampered = TorchTarget(perturb_weight(model, relative=0.5, index=big))
+    tampered = _largest_weight_scaled(model, 0.5)
     v = verify(fingerprint, FaultyTarget(tampered, "error", on_calls={1}), "top1-p4", batch_size=1)
     assert v.status is Status.TAMPERED and v.failed == [0]
 

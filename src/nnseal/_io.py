@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -36,3 +37,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | No
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def safetensors_metadata(raw: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's bytes; ValueError says what is wrong."""
+    if len(raw) < 8:
+        raise ValueError(f"truncated ({len(raw)} bytes)")
+    n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise ValueError("truncated (header runs past end of file)")
+    try:
+        header = json.loads(raw[8 : 8 + n])
+        meta = header.get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        raise ValueError("bad header, not a safetensors file") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("bad metadata, not a safetensors file")
+    return meta

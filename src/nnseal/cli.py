@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,68 @@ def verify_cmd(
         text += f"\nmismatching queries: {verdict.mismatches}"
     _emit(verdict.to_dict(), as_json, text)
     sys.exit(verdict.exit_code)
+
+
+def _attack_help() -> str:
+    from nnseal.attacks import ATTACKS
+
+    lines = ["Apply attack KIND to MODEL and save the attacked copy with its lineage.", "", "\b", "Kinds:"]
+    for name, a in sorted(ATTACKS.items()):
+        flags = ", ".join(
+            f for f, on in (("needs data", a.needs_data), ("ONNX output", a.output == "onnx")) if on
+        )
+        params = ", ".join(f"{k}={v}" for k, v in a.defaults().items())
+        lines.append(f"  {name}{f' [{flags}]' if flags else ''}: {a.description}")
+        lines.append(f"      parameters: {params or 'none'}")
+    return "\n".join(lines)
+
+
+@main.command(help=_attack_help(), short_help="Apply a tampering attack to a model.")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("kind")
+@click.option(
+    "-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Attack parameter (repeatable)."
+)
+@click.option(
+    "--data", "dataset", default="digits", show_default=True, help="Data for training and accuracy."
+)
+@_root
+@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Attacked model (.safetensors/.onnx)."
+)
+@_json
+def attack(
+    model: Path, kind: str, params: tuple[str, ...], dataset: str, root: Path | None, seed: int, out: Path,
+    as_json: bool,
+) -> None:  # fmt: skip
+    from nnseal.attacks import ATTACKS, run_attack
+    from nnseal.data import load_dataset
+    from nnseal.models import load_model
+
+    if kind not in ATTACKS:
+        raise NnsealError(f"unknown attack {kind!r}; known: {', '.join(sorted(ATTACKS))}")
+    spec = ATTACKS[kind]
+    pairs = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise NnsealError(f"attack parameters are KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    parsed = spec.parse_params(pairs)
+    if (out.suffix.lower() == ".onnx") != (spec.output == "onnx"):
+        want = ".onnx" if spec.output == "onnx" else "an nnseal model file (.safetensors)"
+        raise NnsealError(f"attack {kind} writes {spec.output} models: --out must be {want}")
+    m = load_model(model)
+    train, test = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
+    with tempfile.TemporaryDirectory() as work:
+        result = run_attack(
+            kind, m, parsed, train=train, test=test, seed=seed, workdir=work, progress=not as_json
+        )
+        result.save(out)
+    metrics = result.record["metrics"]
+    text = f"wrote {out}: {result.lineage_str}\n" + "\n".join(f"  {k}: {v}" for k, v in metrics.items())
+    _emit({"out": str(out), "lineage": result.lineage, "lineage_str": result.lineage_str}, as_json, text)
 
 
 @main.command()

@@ -21,12 +21,13 @@ import torch
 
 from nnseal import __version__
 from nnseal._io import atomic_write_text
-from nnseal.attacks import finetune, perturb_weight, prune_global, quantize_int8, quantize_weights
+from nnseal.attacks import run_attack
 from nnseal.data import load_dataset
 from nnseal.methods.ssf import SensitiveSampleFingerprinter
 from nnseal.models.io import export_onnx, save_model
 from nnseal.models.train import evaluate_accuracy, train_model
 from nnseal.report import image_grid, markdown_table, save_png
+from nnseal.targets.base import Target
 from nnseal.targets.local import OnnxTarget, TorchTarget
 from nnseal.verify import Verdict, verify
 
@@ -84,23 +85,28 @@ def run_demo(
     save_png(image_grid([fp.seeds, fp.queries], scale=6), out / "fingerprint.png")  # type: ignore[list-item]
 
     echo("[3/4] tampering copies")
-    big = int(model.head.weight.detach().abs().argmax())
-    copies: list[tuple[str, torch.nn.Module | None, str]] = [
-        ("original (torch)", model, "intact"),
-        ("exported ONNX in ONNX Runtime", None, "intact"),
-        ("one head weight +1% (largest |w|)", perturb_weight(model, relative=0.01, index=big), "tampered"),
-        ("int8 dynamic quantization (torch.ao)", quantize_int8(model), "tampered"),
-        ("8-bit weight precision reduction", quantize_weights(model, bits=8), "tampered"),
-        ("fine-tune 20 steps, lr 1e-3", finetune(model, train, steps=20, seed=seed), "tampered"),
-        ("prune 20% (global L1)", prune_global(model, amount=0.2), "tampered"),
+    attacks = [
+        ("one head weight +1% (largest |w|)", "modify-weights", {"relative": 0.01, "index": -2}),
+        ("int8 dynamic quantization (torch.ao)", "quantize-int8", {}),
+        ("8-bit weight precision reduction", "quantize-bits", {"bits": 8}),
+        ("int8 ONNX Runtime dynamic quantization", "onnx-quantize", {"mode": "dynamic"}),
+        ("fine-tune 20 steps, lr 1e-3", "finetune", {"steps": 20}),
+        ("prune 20% (global L1)", "prune", {"amount": 0.2}),
+        ("BadNets trojan (target 0)", "trojan", {"epochs": 1.0}),
     ]
+    copies: list[tuple[str, Target, str, float | None]] = [
+        ("original (torch)", TorchTarget(model), "intact", acc),
+        ("exported ONNX in ONNX Runtime", OnnxTarget(out / "model.onnx"), "intact", None),
+    ]
+    for name, kind, params in attacks:
+        result = run_attack(kind, model, params, train=train, test=test, seed=seed, workdir=out / "attacked")
+        copies.append((name, result.target(), "tampered", result.record["metrics"]["accuracy_after"]))
 
     echo(f"[4/4] verifying under each output spec ({', '.join(SPECS)})")
-    rows = []
-    for name, m, expected in copies:
-        target = OnnxTarget(out / "model.onnx") if m is None else TorchTarget(m)
-        accuracy = None if m is None else evaluate_accuracy(m, test)
-        rows.append(DemoRow(name, expected, {spec: verify(fp, target, spec) for spec in SPECS}, accuracy))
+    rows = [
+        DemoRow(name, expected, {spec: verify(fp, target, spec) for spec in SPECS}, accuracy)
+        for name, target, expected, accuracy in copies
+    ]
     elapsed = time.perf_counter() - t0
     _write_report(out, rows, fp, acc, method.config(), seed, elapsed)
     echo("")

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from nnseal._io import atomic_write_bytes
+from nnseal._io import atomic_write_bytes, safetensors_metadata
 from nnseal.errors import FingerprintError
 from nnseal.outputs import OutputSpec
 
@@ -200,15 +200,12 @@ def _digest(header_json: str, tensors: dict[str, np.ndarray]) -> bytes:
 
 
 def _parse_container(raw: bytes, path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    if len(raw) < 8:
-        raise FingerprintError(f"{path}: truncated or not a fingerprint file ({len(raw)} bytes)")
-    n = int.from_bytes(raw[:8], "little")
-    if n > len(raw) - 8:
-        raise FingerprintError(f"{path}: truncated or not a fingerprint file (header runs past end of file)")
     try:
-        meta = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
+        meta = safetensors_metadata(raw)
         tensors = st_load(raw)
-    except (ValueError, AttributeError, SafetensorError) as e:
+    except ValueError as e:
+        raise FingerprintError(f"{path}: truncated or not a fingerprint file: {e}") from None
+    except SafetensorError as e:
         raise FingerprintError(f"{path}: corrupt fingerprint file ({str(e).splitlines()[0][:120]})") from None
     return meta, tensors
 

@@ -1,7 +1,9 @@
 """Save/load models as safetensors weights with their JSON config embedded; never pickle.
 
-One ``.safetensors`` file holds the weights and, in its metadata, the JSON ``ModelConfig``: a
-model can't be separated from the description needed to rebuild it, and loading executes no code.
+One ``.safetensors`` file holds the tensors and, in its metadata, the JSON ``ModelConfig``, the
+weights' dtype, which layers are int8-quantized (torch.ao dynamic quantization) and the model's
+lineage (the attacks that produced it): a model can't be separated from the description needed to
+rebuild it, and loading executes no code.
 """
 
 from __future__ import annotations
@@ -9,55 +11,91 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-from nnseal._io import atomic_write_bytes
+from nnseal._io import atomic_write_bytes, safetensors_metadata
 from nnseal.errors import ModelError
 from nnseal.models.architectures import Classifier, ModelConfig, build_model
 
 MODEL_FORMAT = "nnseal.model/1"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _quantized_layers(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, DynamicQuantizedLinear)]
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor that defines the model, as plain tensors: the state dict, with each int8
+    dynamically quantized layer as ``<layer>.weight.int8`` / ``.weight.scale`` / ``.weight.zero_point``
+    / ``.bias``."""
+    quantized = _quantized_layers(model)
+    out = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor) and not any(k.startswith(q + ".") for q in quantized)
+    }
+    for name in quantized:
+        weight, bias = dict(model.named_modules())[name]._weight_bias()
+        if weight.qscheme() != torch.per_tensor_affine:
+            raise ModelError(f"layer {name}: only per-tensor int8 quantization can be saved")
+        out[f"{name}.weight.int8"] = weight.int_repr().contiguous()
+        out[f"{name}.weight.scale"] = torch.tensor([weight.q_scale()], dtype=torch.float64)
+        out[f"{name}.weight.zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int64)
+        if bias is not None:
+            out[f"{name}.bias"] = bias.detach().contiguous()
+    return out
 
 
 def model_id(model: nn.Module) -> str:
-    """SHA-256 over the state dict in sorted-name order (name, dtype, shape, little-endian bytes).
+    """SHA-256 over :func:`model_tensors` in sorted-name order (name, dtype, shape, bytes).
 
     Two models with the same id compute the same function; any weight or buffer change alters it.
     """
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
+    for name, t in sorted(model_tensors(model).items()):
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype the model computes in (its first floating parameter's)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def save_model(model: Classifier, path: str | os.PathLike[str]) -> Path:
-    """Write weights + config atomically to one safetensors file."""
+    """Write tensors + config (+ dtype, quantized layers, lineage) atomically to one file."""
     if not isinstance(model, Classifier):
         raise ModelError(f"only nnseal Classifier models can be saved this way, got {type(model).__name__}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": MODEL_FORMAT, "config": json.dumps(model.config.to_dict())}
-    return atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    dtype = {v: k for k, v in DTYPES.items()}.get(model_dtype(model))
+    if dtype is None:
+        raise ModelError(f"cannot save a model in {model_dtype(model)}")
+    meta = {
+        "format": MODEL_FORMAT,
+        "config": json.dumps(model.config.to_dict()),
+        "dtype": dtype,
+        "quantized": json.dumps(_quantized_layers(model)),
+        "lineage": json.dumps(getattr(model, "lineage", [])),
+    }
+    return atomic_write_bytes(path, st_save(model_tensors(model), metadata=meta))
 
 
-def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:
-    if len(raw) < 8:
-        raise ModelError(f"{path}: not a safetensors model file (too short)")
-    n = int.from_bytes(raw[:8], "little")
-    if n > len(raw) - 8:
-        raise ModelError(f"{path}: truncated safetensors header")
-    try:
-        header = json.loads(raw[8 : 8 + n])
-        meta = header.get("__metadata__") or {}
-    except (ValueError, AttributeError):
-        raise ModelError(f"{path}: not a safetensors model file (bad header)") from None
-    return meta
+def quantize_dynamic_int8(model: nn.Module, layers: set[str] | None = None) -> nn.Module:
+    """torch.ao dynamic int8 quantization of the given Linear layers (default: all), on a copy."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec: Any = {nn.Linear} if layers is None else layers
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=False)
 
 
 def load_model(path: str | os.PathLike[str]) -> Classifier:
@@ -66,29 +104,54 @@ def load_model(path: str | os.PathLike[str]) -> Classifier:
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     raw = path.read_bytes()
-    meta = _read_metadata(raw, path)
+    try:
+        meta = safetensors_metadata(raw)
+    except ValueError as e:
+        raise ModelError(f"{path}: not a safetensors model file: {e}") from None
     if meta.get("format") != MODEL_FORMAT:
         raise ModelError(
             f"{path}: not an nnseal model (format {meta.get('format')!r}, want {MODEL_FORMAT!r})"
         )
     try:
         config = ModelConfig.from_dict(json.loads(meta["config"]))
+        dtype = DTYPES[meta.get("dtype", "float32")]
+        quantized = set(json.loads(meta.get("quantized", "[]")))
+        lineage = json.loads(meta.get("lineage", "[]"))
         tensors = st_load(raw)
     except (KeyError, ValueError, SafetensorError) as e:
         raise ModelError(f"{path}: corrupt model file ({e})") from None
-    model = build_model(config)
+    model: Any = build_model(config).to(dtype)
     try:
+        qparams = {q: _pop_quantized(tensors, q) for q in quantized}
         model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
+        if quantized:
+            model = quantize_dynamic_int8(model, quantized)
+            for name, (weight, bias) in qparams.items():
+                dict(model.named_modules())[name].set_weight_bias(weight, bias)
+    except (RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise ModelError(f"{path}: weights do not match the {config.arch} config ({first})") from None
+    model.lineage = lineage
     return model.eval()
+
+
+def _pop_quantized(tensors: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Take a quantized layer's entries out of ``tensors``; the float placeholders it replaces
+    (``<name>.weight``/``.bias``) are filled with dequantized values so the float model loads."""
+    int8 = tensors.pop(f"{name}.weight.int8")
+    scale = float(tensors.pop(f"{name}.weight.scale")[0])
+    zero_point = int(tensors.pop(f"{name}.weight.zero_point")[0])
+    with warnings.catch_warnings():  # torch deprecates quantized tensors; torch.ao still needs them
+        warnings.simplefilter("ignore")
+        weight = torch._make_per_tensor_quantized_tensor(int8, scale, zero_point)
+    bias = tensors.get(f"{name}.bias")
+    tensors[f"{name}.weight"] = weight.dequantize()
+    return weight, bias
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_shape: tuple[int, ...]) -> Path:
     """Export logits as a single-file ONNX model with a dynamic batch axis (input 'input')."""
     import logging
-    import warnings
 
     path = Path(path)
     model = model.eval()

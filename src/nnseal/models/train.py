@@ -47,13 +47,19 @@ def fit(
     batch_size: int = 64,
     seed: int = 0,
     params: list[nn.Parameter] | None = None,
+    optimizer: str = "adam",
     progress: bool = False,
     desc: str = "train",
 ) -> nn.Module:
-    """Minimise cross-entropy on (x, y) with Adam; ``epochs`` may be fractional (a number of steps)."""
+    """Minimise cross-entropy on (x, y) with Adam or SGD (momentum 0.9); ``epochs`` may be fractional."""
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be adam or sgd, got {optimizer!r}")
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"need as many labels as inputs, and at least one (got {len(x)} and {len(y)})")
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
-    opt = torch.optim.Adam(params if params is not None else model.parameters(), lr=lr)
+    trainable = params if params is not None else list(model.parameters())
+    opt = torch.optim.Adam(trainable, lr=lr) if optimizer == "adam" else torch.optim.SGD(trainable, lr, 0.9)
     steps_per_epoch = max(1, -(-len(xt) // batch_size))
     total = max(1, round(epochs * steps_per_epoch))
     model.train()

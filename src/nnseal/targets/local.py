@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nnseal.errors import TargetError
+from nnseal.models.io import load_model, model_dtype
 from nnseal.targets.base import Target, softmax
 
 
@@ -33,7 +34,7 @@ class TorchTarget(Target):
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            xt = torch.from_numpy(x)
+            xt = torch.from_numpy(x).to(model_dtype(self.model))
             bs = self.batch_size or max(1, len(xt))
             logits = torch.cat([self.model(xt[i : i + bs]) for i in range(0, len(xt), bs)])
         finally:
@@ -82,8 +83,6 @@ class OnnxTarget(Target):
 
 def open_target(path: str | os.PathLike[str], **kwargs: int | None) -> Target:
     """A target for a model file: ``.onnx`` runs in ONNX Runtime, anything else loads as an nnseal model."""
-    from nnseal.models.io import load_model
-
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxTarget(path, **kwargs)

@@ -1,0 +1,219 @@
+"""The attack framework: a registry of model → model transformations with parameters and a seed.
+
+An attack function takes a private copy of the model, an :class:`AttackContext` (data, seed, a
+work folder, a dict for the effects it measures) and keyword-only parameters, and returns the
+attacked model — or, for attacks whose output is an ONNX model, the path of that file.
+:func:`run_attack` does the shared work: validates parameters, copies the model, measures clean
+accuracy before and after, and appends a lineage record such as
+``finetune(lr=0.0001,steps=200)-quantize-int8()`` that travels with the saved model.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from torch import nn
+
+from nnseal._io import atomic_write_bytes
+from nnseal.errors import ModelError, NnsealError
+from nnseal.targets.base import Target
+from nnseal.targets.local import OnnxTarget, TorchTarget
+
+if TYPE_CHECKING:
+    from nnseal.data import Dataset
+
+Output = Literal["torch", "onnx"]
+
+
+@dataclass
+class AttackContext:
+    """What an attack may use besides the model; ``metrics`` collects the effects it measures."""
+
+    train: Dataset | None = None
+    test: Dataset | None = None
+    seed: int = 0
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nnseal-attack-")))
+    progress: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def require_train(self, attack: str) -> Dataset:
+        if self.train is None:
+            raise ValueError(f"attack {attack} needs training data")
+        return self.train
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack and what it declares: needs training data? torch or ONNX output?"""
+
+    name: str
+    fn: Callable[..., nn.Module | Path]
+    needs_data: bool
+    output: Output
+    description: str
+
+    def defaults(self) -> dict[str, Any]:
+        """The attack's parameters and their defaults, from its signature."""
+        sig = inspect.signature(self.fn)
+        return {n: p.default for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+    def parse_params(self, pairs: dict[str, str]) -> dict[str, Any]:
+        """Convert ``key=value`` strings (from the CLI) to the types of the defaults."""
+        defaults = self.defaults()
+        out: dict[str, Any] = {}
+        for key, raw in pairs.items():
+            key = key.replace("-", "_")
+            self._check_known(key, defaults)
+            default = defaults[key]
+            try:
+                if isinstance(default, bool):
+                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(raw)
+                    out[key] = raw.lower() in ("true", "1", "yes")
+                elif isinstance(default, int):
+                    out[key] = int(raw)
+                elif isinstance(default, float):
+                    out[key] = float(raw)
+                else:
+                    out[key] = raw
+            except ValueError:
+                kind = type(default).__name__
+                raise ValueError(f"parameter {key} of {self.name} expects {kind}, got {raw!r}") from None
+        return out
+
+    def _check_known(self, key: str, defaults: dict[str, Any]) -> None:
+        if key not in defaults:
+            known = ", ".join(defaults) or "none"
+            raise ValueError(f"unknown parameter {key!r} for attack {self.name}; it accepts: {known}")
+
+
+ATTACKS: dict[str, Attack] = {}
+
+
+def register(
+    name: str, *, needs_data: bool = False, output: Output = "torch"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add an attack function to :data:`ATTACKS`; its docstring's first line describes it."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        first_paragraph = (fn.__doc__ or "").strip().split("\n\n")[0]
+        ATTACKS[name] = Attack(name, fn, needs_data, output, " ".join(first_paragraph.split()))
+        return fn
+
+    return wrap
+
+
+@dataclass
+class AttackResult:
+    """The attacked model (torch module or ONNX file), its lineage and the measured effects."""
+
+    model: nn.Module | None
+    onnx_path: Path | None
+    lineage: list[dict[str, Any]]
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """This attack's own lineage entry: name, parameters, seed, metrics."""
+        return self.lineage[-1]
+
+    @property
+    def lineage_str(self) -> str:
+        return lineage_str(self.lineage)
+
+    def target(self, **kwargs: Any) -> Target:
+        if self.onnx_path is not None:
+            return OnnxTarget(self.onnx_path, **kwargs)
+        assert self.model is not None
+        return TorchTarget(self.model, name=f"torch ({self.lineage_str})", **kwargs)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model: an nnseal safetensors file, or an ONNX file with the lineage in its
+        metadata (key ``nnseal.lineage``)."""
+        if self.onnx_path is None:
+            from nnseal.models.io import save_model
+
+            return save_model(self.model, path)  # type: ignore[arg-type]
+        import onnx
+
+        proto = onnx.load(str(self.onnx_path))
+        props = [p for p in proto.metadata_props if p.key != "nnseal.lineage"]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(props)
+        proto.metadata_props.add(key="nnseal.lineage", value=json.dumps(self.lineage))
+        return atomic_write_bytes(path, proto.SerializeToString())
+
+
+def lineage_str(lineage: list[dict[str, Any]]) -> str:
+    """``finetune(lr=0.0001,steps=200)-quantize-int8()``: explicit parameters of each attack."""
+    parts = []
+    for entry in lineage:
+        args = ",".join(f"{k}={v}" for k, v in entry.get("explicit", {}).items())
+        parts.append(f"{entry['attack']}({args})")
+    return "-".join(parts) or "original"
+
+
+def _accuracy(target: Target, data: Dataset) -> float:
+    return float((target.predict(data.x).argmax(1) == data.y).mean())
+
+
+def run_attack(
+    name: str,
+    model: nn.Module,
+    params: dict[str, Any] | None = None,
+    *,
+    train: Dataset | None = None,
+    test: Dataset | None = None,
+    seed: int = 0,
+    workdir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> AttackResult:
+    """Apply attack ``name`` to a copy of ``model`` and record what it did.
+
+    Clean accuracy before/after is measured on ``test`` when given; attacks that need data train
+    on ``train``. The input model is never modified.
+    """
+    if name not in ATTACKS:
+        raise NnsealError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}")
+    attack = ATTACKS[name]
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"attack {name} needs a torch model, got {type(model).__name__}")
+    params = dict(params or {})
+    defaults = attack.defaults()
+    for key in params:
+        attack._check_known(key, defaults)
+    if attack.needs_data and train is None:
+        raise ValueError(f"attack {name} needs training data")
+    ctx = AttackContext(train=train, test=test, seed=seed, progress=progress)
+    if workdir is not None:
+        ctx.workdir = Path(workdir)
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+    before = _accuracy(TorchTarget(model), test) if test is not None else None
+    out = attack.fn(copy.deepcopy(model).eval(), ctx, **params)
+    entry = {
+        "attack": name,
+        "explicit": params,
+        "params": {**defaults, **params},
+        "seed": seed,
+        "metrics": {"accuracy_before": before, **ctx.metrics},
+    }
+    lineage = [*getattr(model, "lineage", []), entry]
+    if isinstance(out, Path):
+        result = AttackResult(None, out, lineage)
+    else:
+        out.eval().lineage = lineage
+        result = AttackResult(out, None, lineage)
+    if test is not None:
+        entry["metrics"]["accuracy_after"] = _accuracy(result.target(), test)
+    return result
