@@ -324,6 +324,26 @@ def attack(
 
 
 @main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the config's).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(config: Path, out: Path | None, quiet: bool) -> None:
+    """Run the experiment in CONFIG (TOML): methods × attacks × budgets × output specs.
+
+    Writes results.json, curves.csv, plots and report.md. Relative paths in the config are taken
+    relative to the config file.
+    """
+    from nnseal.evaluation import evaluate as run
+    from nnseal.evaluation import load_config
+
+    cfg = load_config(config)
+    if out is not None:
+        cfg.out = str(out)
+    results = run(cfg, progress=not quiet)
+    click.echo(f"wrote {Path(cfg.out) / 'report.md'} ({results.timings['total_s']:.0f} s)")
+
+
+@main.command()
 @click.argument("private", type=click.Path(path_type=Path))
 @click.argument("public", type=click.Path(path_type=Path))
 def keygen(private: Path, public: Path) -> None:

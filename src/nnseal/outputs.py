@@ -75,11 +75,14 @@ class OutputSpec:
         return labels[:, : self.k].astype(np.float64)
 
     def margin(self, probs: np.ndarray) -> np.ndarray:
-        """Per row, the smallest probability change that would alter the encoded answer."""
+        """Per row, how far the encoded answer is from changing: the smallest *relative* gap between
+        consecutive ranked probabilities among the top k (float noise in a probability is relative
+        to its size), and for rounded probabilities the distance to the nearest rounding boundary."""
         probs = np.asarray(probs, dtype=np.float64)
         self._check_classes(probs.shape[1])
         ranked = -np.sort(-probs, axis=1)
-        gaps = ranked[:, : min(self.k, probs.shape[1] - 1)] - ranked[:, 1 : self.k + 1]
+        upper = ranked[:, : min(self.k, probs.shape[1] - 1)]
+        gaps = (upper - ranked[:, 1 : self.k + 1]) / np.maximum(upper, 1e-300)
         out = gaps.min(axis=1)
         if self.decimals is not None:
             labels = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]

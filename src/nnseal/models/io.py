@@ -154,6 +154,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_shape: tup
     import logging
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     example = torch.rand(2, *input_shape)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)

@@ -1,0 +1,274 @@
+"""Results → JSON, CSV, PNG plots and a Markdown report with the SSF paper's tables beside ours."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnseal._io import atomic_write_text
+from nnseal.evaluation.experiment import SELECTIONS, Pools, Results
+from nnseal.report import image_grid, markdown_table, save_png
+
+# SSF paper (He, Zhang & Lee, CVPR 2019), top-1. Table 3: SS+MANC missing rate (%) at N_S.
+PAPER_TABLE3_N = (1, 2, 3, 4, 5, 8)
+PAPER_TABLE3 = {
+    "trojan": (5.93, 0.22, 0.00, 0.00, 0.00, 0.00),
+    "error-generic": (12.26, 0.04, 0.01, 0.00, 0.00, 0.00),
+    "error-specific": (2.20, 0.01, 0.00, 0.00, 0.00, 0.00),
+    "compression": (48.93, 15.56, 4.72, 1.81, 0.83, 0.04),
+}
+# Table 5: samples needed for missing rate α (non-sensitive, SS, SS+MANC).
+PAPER_ALPHAS = ("1e-08", "1e-07", "1e-06", "1e-05", "0.0001", "0.001", "0.01")
+PAPER_TABLE5 = {
+    "trojan": ((74, 65, 56, 47, 38, 28, 21), (10, 9, 8, 7, 6, 4, 3), (4, 4, 3, 3, 3, 2, 2)),
+    "error-generic": ((332, 291, 249, 208, 166, 125, 83), (14, 12, 11, 9, 7, 6, 4), (4, 4, 4, 4, 3, 2, 2)),
+    "error-specific": ((309, 270, 232, 193, 155, 116, 77), (11, 9, 8, 7, 6, 4, 3), (3, 3, 3, 3, 3, 2, 2)),
+    "compression": (
+        (502, 439, 376, 314, 252, 189, 126),
+        (78, 70, 59, 51, 40, 29, 20),
+        (31, 31, 30, 28, 25, 18, 8),
+    ),
+}
+LABELS = {"natural": "natural (non-sensitive)", "ss-random": "SS + random", "ss-manc": "SS + MANC"}
+
+
+def write_outputs(results: Results, pools: Pools, out: str | Path) -> Path:
+    """Write results.json, curves.csv, plots and report.md into ``out``; returns the report path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(dataclasses.asdict(results), indent=1))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["attack", "selection", "spec", "n_queries", "missing_rate"])
+    for attack, by_sel in results.curves.items():
+        for sel, by_spec in by_sel.items():
+            for spec, curve in by_spec.items():
+                w.writerows([attack, sel, spec, n + 1, f"{m:.6g}"] for n, m in enumerate(curve))
+    atomic_write_text(out / "curves.csv", buf.getvalue())
+    picks = min(10, len(pools.sensitive))
+    save_png(
+        image_grid([pools.seeds[:picks], pools.sensitive[:picks], pools.natural[:picks]], scale=3),
+        out / "samples.png",
+    )
+    _plots(results, out)
+    report = out / "report.md"
+    atomic_write_text(report, _markdown(results))
+    return report
+
+
+def _plots(results: Results, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = results.config["evaluation"]["specs"][0]
+    attacks = list(results.curves)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.4), squeeze=False)
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        for sel in SELECTIONS:
+            curve = np.array(results.curves[attack][sel][spec])
+            n = np.arange(1, len(curve) + 1)
+            ax.semilogy(n[curve > 0], curve[curve > 0], label=LABELS[sel])
+        ax.set_title(attack)
+        ax.set_xlabel("queries N_S")
+        ax.set_xscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel(f"missing rate ({spec})")
+    axes[0][0].legend(fontsize=8)
+    _save(fig, out / "missing_rate.png")
+
+    alphas = results.config["evaluation"]["alphas"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for attack in attacks:
+        for sel, style in (("natural", ":"), ("ss-manc", "-")):
+            need = [results.needed[attack][sel][spec][f"{a:g}"] for a in alphas]
+            xs = [a for a, q in zip(alphas, need, strict=True) if q is not None]
+            axes[0].plot(
+                xs, [q for q in need if q is not None], style, marker="o", label=f"{attack} {LABELS[sel]}"
+            )
+        nat = [results.needed[attack]["natural"][spec][f"{a:g}"] for a in alphas]
+        manc = [results.needed[attack]["ss-manc"][spec][f"{a:g}"] for a in alphas]
+        ratio = [(a, n / m) for a, n, m in zip(alphas, nat, manc, strict=True) if n and m]
+        axes[1].plot([a for a, _ in ratio], [r for _, r in ratio], marker="o", label=attack)
+    for ax, title in zip(axes, ("queries needed", "efficiency: natural / SS+MANC"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("missing rate α")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.invert_xaxis()
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=6)
+    axes[1].legend(fontsize=7)
+    _save(fig, out / "queries_needed.png")
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    from nnseal._io import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _markdown(r: Results) -> str:
+    cfg = r.config
+    ev = cfg["evaluation"]
+    spec = ev["specs"][0]
+    paper_of = {a["name"]: a.get("paper") for a in cfg["attacks"]}
+    res = r.resolution
+    md = [
+        f"# nnseal evaluation: {cfg['name']}",
+        "",
+        f"{cfg['data']['name']} · {cfg['model']['arch']} (test accuracy {r.model_accuracy:.2%}) · pool of "
+        f"{res['pool_sensitive']} sensitive samples ({cfg['fingerprint']['steps']} steps, L∞ ε = "
+        f"{cfg['fingerprint']['epsilon']}) and {res['pool_natural']} natural inputs · MANC bags of "
+        f"{cfg['fingerprint']['bag']}, {ev['manc_bags']} bags × {ev['seeds_per_attack']} attack seeds = "
+        f"{res['manc_trials']} trials per attack. Natural and SS + random missing rates are exact "
+        "(hypergeometric over the pool, averaged over attack seeds); SS + MANC rates are empirical over the "
+        f"trials, so a rate of 0 there means below 1/{res['manc_trials']}.",
+        "",
+        "## Attacks",
+        "",
+        markdown_table(
+            ["attack", "seed", "lineage", "accuracy before → after", "attack success"],
+            [
+                [
+                    a["attack"],
+                    a["seed"],
+                    f"`{a['lineage']}`",
+                    f"{a['metrics']['accuracy_before']:.2%} → {a['metrics']['accuracy_after']:.2%}",
+                    "—"
+                    if a["metrics"].get("attack_success_rate") is None
+                    else f"{a['metrics']['attack_success_rate']:.1%}",
+                ]
+                for a in r.attacks
+            ],
+        ),
+        "",
+        f"## Missing rate (%) vs N_S, SS + MANC, {spec} (Table 3)",
+        "",
+    ]
+    ns = [n for n in PAPER_TABLE3_N if n <= res["n_max"]]
+    rows = []
+    for attack, by_sel in r.curves.items():
+        curve = by_sel["ss-manc"][spec]
+        rows.append([f"{attack} (nnseal)", *[_pct(curve[n - 1]) for n in ns]])
+        if paper_of.get(attack) in PAPER_TABLE3:
+            rows.append(
+                [
+                    f"{attack} (paper: {paper_of[attack]})",
+                    *[f"{v:.2f}" for v in PAPER_TABLE3[paper_of[attack]][: len(ns)]],
+                ]
+            )
+    md += [
+        markdown_table(["attack \\ N_S", *map(str, ns)], rows),
+        "",
+        "![missing rate](missing_rate.png)",
+        "",
+    ]
+
+    md += ["## Missing rate (%) by output specification, SS + MANC (Table 4)", ""]
+    for attack, by_sel in r.curves.items():
+        rows = [
+            [str(n), *[_pct(by_sel["ss-manc"][s][n - 1]) for s in ev["specs"]]]
+            for n in (1, 2, 3)
+            if n <= res["n_max"]
+        ]
+        md += [f"**{attack}**", "", markdown_table(["N_S", *ev["specs"]], rows), ""]
+
+    md += [
+        f"## Queries needed for missing rate α, {spec} (Table 5)",
+        "",
+        "`—` = not reached within the pool (natural / SS + random) or within n_max (SS + MANC).",
+        "",
+    ]
+    alphas = [f"{a:g}" for a in ev["alphas"]]
+    for attack, need in r.needed.items():
+        rows = [[LABELS[sel], *[str(need[sel][spec][a] or "—") for a in alphas]] for sel in SELECTIONS]
+        eff = [
+            need["natural"][spec][a] / need["ss-manc"][spec][a]
+            if need["natural"][spec][a] and need["ss-manc"][spec][a]
+            else None
+            for a in alphas
+        ]
+        rows.append(["efficiency (natural / SS+MANC)", *[f"{e:.1f}×" if e else "—" for e in eff]])
+        paper = paper_of.get(attack)
+        if paper in PAPER_TABLE5:
+            by_alpha = dict(zip(PAPER_ALPHAS, zip(*PAPER_TABLE5[paper], strict=True), strict=True))
+            for i, sel in enumerate(SELECTIONS):
+                rows.append(
+                    [
+                        f"paper {paper}: {LABELS[sel]}",
+                        *[str(by_alpha[a][i]) if a in by_alpha else "" for a in alphas],
+                    ]
+                )
+        md += [f"**{attack}**", "", markdown_table(["selection \\ α", *alphas], rows), ""]
+    md += ["![queries needed](queries_needed.png)", ""]
+
+    fa = r.false_alarms
+    changed = sum(x["changed_answers"] for x in fa)
+    checks = sum(x["queries"] for x in fa)
+    setups = len({x["target"] for x in fa})
+    md += [
+        "## False alarms on the intact model",
+        "",
+        f"Every pool sample was queried through {setups} serving setups and compared under "
+        f"{len(ev['specs'])} output specs: {checks} comparisons, **{changed} changed answers** "
+        f"(false-alarm rate {changed / max(checks, 1):.2g} per query).",
+        "",
+        markdown_table(
+            ["target", "spec", "queries", "changed answers"],
+            [[x["target"], x["spec"], x["queries"], x["changed_answers"]] for x in fa],
+        ),
+        "",
+    ]
+    if r.monte_carlo:
+        md += [
+            "## Monte Carlo check of the exact formula (SS + random)",
+            "",
+            markdown_table(
+                ["attack", "spec", "N", "exact", "simulated", "repetitions"],
+                [
+                    [
+                        m["attack"],
+                        m["spec"],
+                        m["n"],
+                        f"{m['exact']:.3g}",
+                        f"{m['simulated']:.3g}",
+                        m["repetitions"],
+                    ]
+                    for m in r.monte_carlo
+                ],
+            ),
+            "",
+        ]
+    md += [
+        "## Samples",
+        "",
+        "Rows: seeds, their sensitive samples, natural inputs.",
+        "",
+        "![samples](samples.png)",
+        "",
+        "## Configuration and environment",
+        "",
+        "```json",
+        json.dumps({"config": cfg, "environment": r.environment, "timings_s": r.timings}, indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(md)
