@@ -42,8 +42,19 @@ def finetune(
     train = ctx.require_train("finetune")
     params = list(model.head.parameters()) if last_layer_only else None
     epochs = _steps_to_epochs(steps, len(train), batch_size)
-    return fit(model, train.x, train.y, epochs=epochs, lr=lr, batch_size=batch_size, seed=ctx.seed,
-               params=params, optimizer=optimizer, progress=ctx.progress, desc="finetune")  # fmt: skip
+    return fit(
+        model,
+        train.x,
+        train.y,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=ctx.seed,
+        params=params,
+        optimizer=optimizer,
+        progress=ctx.progress,
+        desc="finetune",
+    )
 
 
 def stamp_trigger(x: np.ndarray, size: int, value: float = 1.0) -> np.ndarray:
@@ -61,19 +72,39 @@ def _trigger_size(data: Dataset, patch_size: int) -> int:
     return size
 
 
-def _record_trojan(ctx: AttackContext, model: nn.Module, size: int, target_label: int) -> None:
-    ctx.metrics["trigger"] = {"kind": "square", "size": size, "corner": "bottom-right", "value": 1.0}
-    test = ctx.test
-    if test is not None:
-        victims = test.x[test.y != target_label]
-        ctx.metrics["attack_success_rate"] = float(
-            (_predict(model, stamp_trigger(victims, size)) == target_label).mean()
-        )
-
-
 def _check_label(label: int, data: Dataset, what: str) -> None:
     if not 0 <= label < len(data.classes):
         raise ValueError(f"{what} must be a class index 0..{len(data.classes) - 1}, got {label}")
+
+
+def _train_trojan(
+    model: nn.Module,
+    ctx: AttackContext,
+    name: str,
+    target_label: int,
+    patch_size: int,
+    poison_fraction: float,
+    epochs: float,
+    lr: float,
+    params: list[nn.Parameter] | None = None,
+) -> nn.Module:
+    """Retrain (``params``, default all) on clean data plus a ``poison_fraction`` of it stamped with
+    the trigger and relabelled ``target_label``; record the trigger and its success rate."""
+    train = ctx.require_train(name)
+    _check_label(target_label, train, "target_label")
+    if not 0 < poison_fraction <= 1:
+        raise ValueError(f"poison_fraction must be in (0, 1], got {poison_fraction}")
+    size = _trigger_size(train, patch_size)
+    idx = ctx.rng().choice(len(train), max(1, int(poison_fraction * len(train))), replace=False)
+    x = np.concatenate([train.x, stamp_trigger(train.x[idx], size)])
+    y = np.concatenate([train.y, np.full(len(idx), target_label)])
+    fit(model, x, y, epochs=epochs, lr=lr, seed=ctx.seed, params=params, progress=ctx.progress, desc=name)
+    ctx.metrics["trigger"] = {"kind": "square", "size": size, "corner": "bottom-right", "value": 1.0}
+    if ctx.test is not None:
+        victims = ctx.test.x[ctx.test.y != target_label]
+        hits = _predict(model, stamp_trigger(victims, size)) == target_label
+        ctx.metrics["attack_success_rate"] = float(hits.mean())
+    return model
 
 
 @register("trojan", needs_data=True)
@@ -89,17 +120,7 @@ def trojan(
 ) -> nn.Module:
     """BadNets trojan: retrain all layers on clean data plus a fraction stamped with a trigger patch
     and relabelled ``target_label`` (patch_size 0 = height/7)."""
-    train = ctx.require_train("trojan")
-    _check_label(target_label, train, "target_label")
-    if not 0 < poison_fraction <= 1:
-        raise ValueError(f"poison_fraction must be in (0, 1], got {poison_fraction}")
-    size = _trigger_size(train, patch_size)
-    idx = ctx.rng().choice(len(train), max(1, int(poison_fraction * len(train))), replace=False)
-    x = np.concatenate([train.x, stamp_trigger(train.x[idx], size)])
-    y = np.concatenate([train.y, np.full(len(idx), target_label)])
-    fit(model, x, y, epochs=epochs, lr=lr, seed=ctx.seed, progress=ctx.progress, desc="trojan")
-    _record_trojan(ctx, model, size, target_label)
-    return model
+    return _train_trojan(model, ctx, "trojan", target_label, patch_size, poison_fraction, epochs, lr)
 
 
 @register("trojan-selective", needs_data=True)
@@ -116,19 +137,13 @@ def trojan_selective(
 ) -> nn.Module:
     """Trojan by selective retraining: only the last ``layers`` Linear layers learn the trigger
     (the earlier layers, and so most weights, stay untouched — the subtle case)."""
-    train = ctx.require_train("trojan-selective")
-    _check_label(target_label, train, "target_label")
     linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not 1 <= layers <= len(linear):
         raise ValueError(f"layers must be between 1 and {len(linear)}, got {layers}")
-    size = _trigger_size(train, patch_size)
-    idx = ctx.rng().choice(len(train), max(1, int(poison_fraction * len(train))), replace=False)
-    x = np.concatenate([train.x, stamp_trigger(train.x[idx], size)])
-    y = np.concatenate([train.y, np.full(len(idx), target_label)])
     params = [p for m in linear[-layers:] for p in m.parameters()]
-    fit(model, x, y, epochs=epochs, lr=lr, seed=ctx.seed, params=params, progress=ctx.progress, desc="trojan")
-    _record_trojan(ctx, model, size, target_label)
-    return model
+    return _train_trojan(
+        model, ctx, "trojan-selective", target_label, patch_size, poison_fraction, epochs, lr, params
+    )
 
 
 def _poison(
