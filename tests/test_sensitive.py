@@ -105,3 +105,12 @@ def test_bad_seeds_and_params(model) -> None:
         SensitiveSampleGenerator(steps=1, params=["nope.weight"]).generate(
             model, np.zeros((2, 1, 8, 8), np.float32)
         )
+
+
+def test_any_layer_path_is_chunked_without_changing_results(model, digits) -> None:
+    from nnseal.methods import sensitive as mod
+
+    x = digits[1].x[: 2 * mod.FUNCTIONAL_CHUNK + 3]
+    whole = sensitivity(model, x, ANY_LAYER, batch_size=len(x))
+    pieces = np.concatenate([sensitivity(model, x[i : i + 5], ANY_LAYER) for i in range(0, len(x), 5)])
+    np.testing.assert_allclose(whole, pieces, rtol=1e-5)

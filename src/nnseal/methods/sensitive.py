@@ -67,10 +67,25 @@ def _last_layer_sensitivity(
     return jac_sq * scale
 
 
+FUNCTIONAL_CHUNK = 16
+"""Samples per torch.func call: each holds a full per-output Jacobian of W (tens of MB for a
+hidden layer), so chunks keep memory flat whatever the batch size."""
+
+
 def _functional_sensitivity_and_grad(
     model: nn.Module, x: torch.Tensor, names: set[str], output: Output
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(S(x), ∂S/∂x) per sample for any parameter set, via per-output Jacobians."""
+    """(S(x), ∂S/∂x) per sample for any parameter set, via per-output Jacobians, in chunks."""
+    parts = [
+        _functional_chunk(model, x[i : i + FUNCTIONAL_CHUNK], names, output)
+        for i in range(0, len(x), FUNCTIONAL_CHUNK)
+    ]
+    return torch.cat([v for v, _ in parts]), torch.cat([g for _, g in parts])
+
+
+def _functional_chunk(
+    model: nn.Module, x: torch.Tensor, names: set[str], output: Output
+) -> tuple[torch.Tensor, torch.Tensor]:
     chosen = {n: p.detach() for n, p in model.named_parameters() if n in names}
     fixed = {n: t.detach() for n, t in [*model.named_parameters(), *model.named_buffers()] if n not in names}
 
