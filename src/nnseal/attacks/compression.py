@@ -12,7 +12,7 @@ from torch.nn.utils import prune as torch_prune
 
 from nnseal.attacks.base import AttackContext, register
 from nnseal.models.io import DTYPES, export_onnx, quantize_dynamic_int8
-from nnseal.models.train import fit
+from nnseal.models.train import fit, steps_to_epochs
 
 
 @register("quantize-int8")
@@ -75,7 +75,8 @@ def prune(
         )
     if finetune_steps > 0:  # the masks stay in place while training, so pruned weights stay zero
         train = ctx.require_train("prune with finetune_steps")
-        fit(model, train.x, train.y, epochs=finetune_steps / max(1, len(train) // 32), lr=lr, seed=ctx.seed)
+        epochs = steps_to_epochs(finetune_steps, len(train), batch_size=64)
+        fit(model, train.x, train.y, epochs=epochs, lr=lr, batch_size=64, seed=ctx.seed)
     for m in targets:
         torch_prune.remove(m, "weight")
     ctx.metrics["sparsity"] = float(

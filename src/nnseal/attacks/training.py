@@ -10,17 +10,11 @@ import numpy as np
 from torch import nn
 
 from nnseal.attacks.base import AttackContext, register
-from nnseal.models.train import fit
+from nnseal.models.train import fit, steps_to_epochs
 from nnseal.targets.local import TorchTarget
 
 if TYPE_CHECKING:
     from nnseal.data import Dataset
-
-
-def _steps_to_epochs(steps: int, n: int, batch_size: int) -> float:
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return steps / max(1, -(-n // batch_size))
 
 
 def _predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -41,7 +35,7 @@ def finetune(
     """Continue training on clean data: all layers or the last layer only."""
     train = ctx.require_train("finetune")
     params = list(model.head.parameters()) if last_layer_only else None
-    epochs = _steps_to_epochs(steps, len(train), batch_size)
+    epochs = steps_to_epochs(steps, len(train), batch_size)
     return fit(
         model,
         train.x,
@@ -242,7 +236,7 @@ def adversarial_finetune(
         model,
         x,
         y,
-        epochs=_steps_to_epochs(steps, len(x), 32),
+        epochs=steps_to_epochs(steps, len(x), 32),
         lr=lr,
         seed=ctx.seed,
         desc="adversarial finetune",

@@ -37,6 +37,13 @@ def evaluate_accuracy(model: nn.Module, data: Dataset, batch_size: int = 512) ->
     return float((pred == data.y).mean())
 
 
+def steps_to_epochs(steps: int, n: int, batch_size: int) -> float:
+    """The (fractional) epochs :func:`fit` needs to take ``steps`` optimiser steps on ``n`` inputs."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return steps / max(1, -(-n // batch_size))
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
