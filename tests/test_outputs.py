@@ -39,11 +39,13 @@ def test_encode_labels_only_answers() -> None:
 
 def test_margin_is_distance_to_a_changed_answer() -> None:
     top1 = OutputSpec.parse("top1").margin(P)
-    np.testing.assert_allclose(top1, [0.3 / 0.6, 0.0098 / 0.5049])  # relative to the larger probability
+    np.testing.assert_allclose(top1, [0.3 / 0.9, 0.0098 / 1.0])  # relative: gap / (p1 + p2)
     tiny = np.array([[0.99, 1e-9, 0.99e-9, 0.0]])
-    assert OutputSpec.parse("top2").margin(tiny)[0] == pytest.approx(0.01)
-    # 0.5049 at 2 decimals is 0.0001 from the 0.505 rounding boundary
-    np.testing.assert_allclose(OutputSpec.parse("top1-p2").margin(P), [0.005, 0.0001], atol=1e-12)
+    assert OutputSpec.parse("top2").margin(tiny)[0] == pytest.approx(0.01e-9 / 1.99e-9)
+    # 0.5049 at 2 decimals is 0.0001 from the 0.505 rounding boundary: relative 0.0001 / 0.5049
+    np.testing.assert_allclose(
+        OutputSpec.parse("top1-p2").margin(P), [0.005 / 0.6, 0.0001 / 0.5049], rtol=1e-9
+    )
 
 
 def test_spec_larger_than_class_count() -> None:

@@ -140,7 +140,7 @@ def export_cmd(model: Path, out: Path) -> None:
 @click.option("--output", type=click.Choice(["probs", "logits"]), default="probs", show_default=True)
 @click.option("--params", help="Comma-separated parameter names W (default: last layer).")
 @click.option("--specs", default="top1,top3,top1-p4", show_default=True, help="Output specs to support.")
-@click.option("--min-margin", default=1e-5, show_default=True)
+@click.option("--min-margin", default=2e-5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fingerprint file to write.")
 @_hmac

@@ -75,19 +75,18 @@ class OutputSpec:
         return labels[:, : self.k].astype(np.float64)
 
     def margin(self, probs: np.ndarray) -> np.ndarray:
-        """Per row, how far the encoded answer is from changing: the smallest *relative* gap between
-        consecutive ranked probabilities among the top k (float noise in a probability is relative
-        to its size), and for rounded probabilities the distance to the nearest rounding boundary."""
+        """Per row, the relative numeric noise the encoded answer survives: every probability may
+        move by up to ``margin × its value`` (float error is relative) without reordering the top k
+        — gap / (p_i + p_{i+1}) — or crossing a rounding boundary — distance / p."""
         probs = np.asarray(probs, dtype=np.float64)
         self._check_classes(probs.shape[1])
         ranked = -np.sort(-probs, axis=1)
-        upper = ranked[:, : min(self.k, probs.shape[1] - 1)]
-        gaps = (upper - ranked[:, 1 : self.k + 1]) / np.maximum(upper, 1e-300)
-        out = gaps.min(axis=1)
+        upper, lower = ranked[:, : min(self.k, probs.shape[1] - 1)], ranked[:, 1 : self.k + 1]
+        out = ((upper - lower) / np.maximum(upper + lower, 1e-300)).min(axis=1)
         if self.decimals is not None:
             labels = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]
             shown = probs if self.all_probs else np.take_along_axis(probs, labels, axis=1)
             scaled = shown * 10**self.decimals
             to_boundary = np.abs(scaled - np.floor(scaled) - 0.5) / 10**self.decimals
-            out = np.minimum(out, to_boundary.min(axis=1))
+            out = np.minimum(out, (to_boundary / np.maximum(shown, 1e-300)).min(axis=1))
         return out

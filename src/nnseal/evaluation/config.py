@@ -39,7 +39,7 @@ class PoolConfig:
     epsilon: float = 0.1
     norm: str = "linf"
     natural_pool: int = 300
-    min_margin: float = 1e-5
+    min_margin: float = 2e-5
 
 
 @dataclass
