@@ -63,6 +63,12 @@ TINY = {
         "false_alarm_batch_sizes": [1, 64],
         "false_alarm_threads": [1],
         "monte_carlo_repetitions": 10000,
+        "false_alarm_fingerprints": 3,
+    },
+    "markers": {
+        "strategies": ["adversarial", "bisection", "flip-rate", "hybrid"],
+        "pool": 60,
+        "ss_steps": 40,
     },
     "attacks": [
         {"name": "big-edit", "kind": "modify-weights", "params": {"k": 40, "relative": 0.5}},
@@ -76,7 +82,9 @@ def test_experiment_end_to_end(tmp_path) -> None:
     results = evaluate(cfg, progress=False)
     assert set(results.curves) == {"big-edit", "4bit"}
     for by_sel in results.curves.values():
-        assert set(by_sel) == {"natural", "ss-random", "ss-manc"}
+        assert set(by_sel) == {"natural", "ss-random", "ss-manc"} | {
+            f"marker-{s}" for s in ("adversarial", "bisection", "flip-rate", "hybrid")
+        }
         for curve in (c for by_spec in by_sel.values() for c in by_spec.values()):
             assert len(curve) == 20 and all(0 <= m <= 1 for m in curve)
             assert all(a >= b - 1e-12 for a, b in itertools.pairwise(curve)), (
@@ -90,6 +98,16 @@ def test_experiment_end_to_end(tmp_path) -> None:
             )
     assert len(results.attacks) == 4 and {a["seed"] for a in results.attacks} == {0, 1000}
     assert results.false_alarms and all(x["changed_answers"] == 0 for x in results.false_alarms)
+    assert all(x["not_intact"] == 0 and x["verifications"] == 3 * 2 for x in results.false_alarms)
+    assert {x["pool"] for x in results.false_alarms} == {"natural", "sensitive"} | {
+        f"marker-{s}" for s in ("adversarial", "bisection", "flip-rate", "hybrid")
+    }
+    for name, m in results.markers.items():
+        assert 20 <= m["pool"] <= m["candidates"] <= 60, name
+        assert m["margin"] >= 2e-5 and m["max_noise"] >= 0
+    # a 40-weight 50 % edit moves boundary markers more often than natural inputs
+    big = results.curves["big-edit"]
+    assert big["marker-adversarial"]["top1"][0] < big["natural"]["top1"][0]
     assert {x["target"] for x in results.false_alarms} >= {"onnxruntime", "torch batch 1 threads 1"}
     for m in results.monte_carlo:
         assert abs(m["simulated"] - m["exact"]) < 0.03
@@ -107,12 +125,15 @@ def test_experiment_end_to_end(tmp_path) -> None:
     assert saved["config"]["seed"] == 0 and saved["environment"]["torch"]
     report = (out / "report.md").read_text()
     assert "paper compression: SS + MANC" in report and "(Table 5)" in report
+    assert "markers: flip-rate cover" in report and "## Marker pools" in report
     assert (out / "curves.csv").read_text().splitlines()[0] == "attack,selection,spec,n_queries,missing_rate"
 
 
 def test_config_errors(tmp_path) -> None:
     with pytest.raises(NnsealError, match="unknown key"):
         config_from_dict({**TINY, "fingerprint": {"pool": 10, "bags": 3}})
+    with pytest.raises(NnsealError, match="unknown marker strategies"):
+        config_from_dict({**TINY, "markers": {"strategies": ["fgsm"]}})
     with pytest.raises(NnsealError, match="at least one"):
         config_from_dict({k: v for k, v in TINY.items() if k != "attacks"})
     with pytest.raises(NnsealError, match="cannot exceed pool"):

@@ -48,6 +48,13 @@ def test_model_id_changes_with_any_weight(model) -> None:
     assert model_id(other) != model_id(model)
 
 
+def test_model_id_covers_zero_dim_buffers() -> None:
+    vgg = build_model(ModelConfig(arch="vgg", input_shape=(1, 28, 28), classes=tuple("0123456789")))
+    before = model_id(vgg)  # batch norm's num_batches_tracked is a 0-d tensor
+    vgg.features[1].num_batches_tracked += 1
+    assert model_id(vgg) != before
+
+
 def test_bad_model_files_give_clear_errors(model, tmp_path) -> None:
     with pytest.raises(ModelError, match="not found"):
         load_model(tmp_path / "missing.safetensors")

@@ -1,6 +1,7 @@
 """The ``nnseal`` command line: a thin layer that parses, calls the library and prints.
 
-Exit codes: 0 intact / success, 1 tampered, 3 inconclusive, 2 bad input or usage.
+Exit codes: 0 intact / success, 1 tampered, 3 inconclusive, 2 bad input or usage
+(``watermark verify``: 0 watermarked, 1 not watermarked, 3 inconclusive).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import click
 
+from nnseal._http_cli import http_options
 from nnseal.errors import NnsealError
 
 INPUT_ERROR = 2
@@ -129,9 +131,27 @@ def export_cmd(model: Path, out: Path) -> None:
 @_root
 @click.option("--split", default="test", show_default=True)
 @click.option("-n", "--n-queries", default=10, show_default=True, help="Fingerprint size N_S.")
+@click.option(
+    "--method",
+    type=click.Choice(["sensitive-sample", "markers"]),
+    default="sensitive-sample",
+    show_default=True,
+    help="Sensitive samples (SSF) or TamperNN boundary markers.",
+)
 @click.option("--bag", "bag_size", default=100, show_default=True, help="Candidates generated.")
 @click.option(
     "--selection", type=click.Choice(["manc", "random", "first"]), default="manc", show_default=True
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["natural", "adversarial", "bisection", "flip-rate", "hybrid"]),
+    default="adversarial",
+    show_default=True,
+    help="Markers: how they are crafted.",
+)
+@click.option("--marker-eps", default=0.3, show_default=True, help="Markers: PGD radius (L∞).")
+@click.option(
+    "--target-margin", default=1e-3, show_default=True, help="Markers: relative top-1 margin they land at."
 )
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--lr", default=1e-2, show_default=True)
@@ -152,8 +172,12 @@ def fingerprint(
     root: Path | None,
     split: str,
     n_queries: int,
+    method: str,
     bag_size: int,
     selection: str,
+    strategy: str,
+    marker_eps: float,
+    target_margin: float,
     steps: int,
     lr: float,
     epsilon: float,
@@ -168,32 +192,47 @@ def fingerprint(
     sign_key: Path | None,
     as_json: bool,
 ) -> None:
-    """Make a Sensitive-Sample fingerprint of MODEL."""
+    """Make a fingerprint of MODEL: Sensitive-Sample (SSF) or TamperNN boundary markers."""
     from nnseal.data import load_dataset
     from nnseal.fingerprint import hmac_key_from, load_private_key
-    from nnseal.methods import SensitiveSampleFingerprinter
+    from nnseal.methods import MarkerFingerprinter, SensitiveSampleFingerprinter
     from nnseal.models import load_model
 
     m = load_model(model)
     data = load_dataset(dataset, root, split)
     hmac_key = hmac_key_from(file=hmac_key_file)
     private = load_private_key(sign_key) if sign_key else None
-    method = SensitiveSampleFingerprinter(
-        n_queries=n_queries,
-        bag_size=bag_size,
-        selection=selection,
-        steps=steps,
-        lr=lr,
-        epsilon=epsilon,
-        norm=norm,
-        output=output,
-        params=params.split(",") if params else None,  # type: ignore[arg-type]
-        specs=specs.split(","),
-        min_margin=min_margin,
-        seed=seed,
-        progress=not as_json,
-    )
-    fp = method.fingerprint(m, data)
+    fingerprinter: MarkerFingerprinter | SensitiveSampleFingerprinter
+    if method == "markers":
+        fingerprinter = MarkerFingerprinter(
+            n_queries=n_queries,
+            pool_size=bag_size,
+            specs=specs.split(","),
+            min_margin=min_margin,
+            seed=seed,
+            strategy=strategy,
+            eps=marker_eps,
+            target_margin=target_margin,
+            ss_steps=steps,
+            ss_epsilon=epsilon,
+        )
+    else:
+        fingerprinter = SensitiveSampleFingerprinter(
+            n_queries=n_queries,
+            bag_size=bag_size,
+            selection=selection,
+            steps=steps,
+            lr=lr,
+            epsilon=epsilon,
+            norm=norm,
+            output=output,
+            params=params.split(",") if params else None,  # type: ignore[arg-type]
+            specs=specs.split(","),
+            min_margin=min_margin,
+            seed=seed,
+            progress=not as_json,
+        )
+    fp = fingerprinter.fingerprint(m, data)
     fp.save(out, hmac_key=hmac_key, ed25519_key=private)
     signed = [s for s, k in (("hmac-sha256", hmac_key), ("ed25519", private)) if k is not None]
     info = {
@@ -213,7 +252,7 @@ def fingerprint(
 
 @main.command("verify")
 @click.argument("fingerprint_file", metavar="FINGERPRINT", type=click.Path(path_type=Path))
-@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path), required=False)
 @click.option("--spec", help="Output spec to compare (default: the fingerprint's first).")
 @click.option("--budget", type=int, help="Most queries to send (fewer than the fingerprint → inconclusive).")
 @click.option("--stop-early", is_flag=True, help="Stop at the first mismatch.")
@@ -222,9 +261,10 @@ def fingerprint(
 @click.option("--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with.")
 @click.option("--require-signature", is_flag=True, help="Refuse fingerprints that are not signed.")
 @_json
+@http_options
 def verify_cmd(
     fingerprint_file: Path,
-    target: Path,
+    target: Path | None,
     spec: str | None,
     budget: int | None,
     stop_early: bool,
@@ -233,13 +273,15 @@ def verify_cmd(
     public_key: Path | None,
     require_signature: bool,
     as_json: bool,
+    **http: Any,
 ) -> None:
-    """Verify TARGET (an nnseal model file or an .onnx file) against FINGERPRINT.
+    """Verify TARGET (an nnseal model file or an .onnx file), or the prediction API at --url,
+    against FINGERPRINT.
 
     Exit code: 0 intact, 1 tampered, 3 inconclusive, 2 bad input.
     """
+    from nnseal._http_cli import open_cli_target
     from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
-    from nnseal.targets import open_target
     from nnseal.verify import verify
 
     fp = Fingerprint.load(
@@ -248,9 +290,13 @@ def verify_cmd(
         ed25519_public_key=load_public_key(public_key) if public_key else None,
         require_signature=require_signature,
     )
-    verdict = verify(
-        fp, open_target(target), spec, budget=budget, stop_at_first_mismatch=stop_early, batch_size=batch_size
-    )
+    tgt, batch_size = open_cli_target(fp, target, http, batch_size)
+    try:
+        verdict = verify(
+            fp, tgt, spec, budget=budget, stop_at_first_mismatch=stop_early, batch_size=batch_size
+        )
+    finally:
+        tgt.close()
     text = (
         f"{verdict.status.value.upper()}: {verdict.reason} (spec {verdict.spec}, "
         f"{verdict.queries_used} queries)"
@@ -259,6 +305,205 @@ def verify_cmd(
         text += f"\nmismatching queries: {verdict.mismatches}"
     _emit(verdict.to_dict(), as_json, text)
     sys.exit(verdict.exit_code)
+
+
+@main.command()
+@click.argument("fingerprint_file", metavar="FINGERPRINT", type=click.Path(path_type=Path))
+@click.option("--interval", default=60.0, show_default=True, help="Seconds from one run's start to the next.")
+@click.option("--max-runs", type=int, help="Stop after this many runs (default: run until tampered).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option("--spec", help="Output spec to compare (default: the fingerprint's first).")
+@click.option("--budget", type=int, help="Most fingerprint queries per run (fewer → inconclusive).")
+@click.option("--batch-size", default=64, show_default=True)
+@_hmac
+@click.option("--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with.")
+@click.option("--require-signature", is_flag=True, help="Refuse fingerprints that are not signed.")
+@http_options
+def watch(
+    fingerprint_file: Path,
+    interval: float,
+    max_runs: int | None,
+    metrics_port: int | None,
+    spec: str | None,
+    budget: int | None,
+    batch_size: int,
+    hmac_key_file: Path | None,
+    public_key: Path | None,
+    require_signature: bool,
+    **http: Any,
+) -> None:
+    """Verify the prediction API at --url against FINGERPRINT every --interval seconds.
+
+    Prints one JSON line per run. Exit code: 1 at the first tampered verdict; after --max-runs,
+    3 if any run was inconclusive, else 0; 2 bad input.
+    """
+    from nnseal._http_cli import remote_target_factory
+    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
+    from nnseal.watch import WatchMetrics
+    from nnseal.watch import watch as run_watch
+
+    if not http["url"]:
+        raise NnsealError("watch needs --url")
+    fp = Fingerprint.load(
+        fingerprint_file,
+        hmac_key=hmac_key_from(file=hmac_key_file),
+        ed25519_public_key=load_public_key(public_key) if public_key else None,
+        require_signature=require_signature,
+    )
+    make = remote_target_factory(fp, http)
+    metrics = WatchMetrics(metrics_port) if metrics_port is not None else None
+    statuses: set[str] = set()
+    try:
+        for record in run_watch(
+            fp,
+            make,
+            spec,
+            interval=interval,
+            max_runs=max_runs,
+            metrics=metrics,
+            budget=budget,
+            batch_size=len(fp) if http["stealth"] else batch_size,
+        ):
+            click.echo(json.dumps(record))
+            statuses.add(record["status"])
+    finally:
+        if metrics is not None:
+            metrics.close()
+    sys.exit(1 if "tampered" in statuses else 3 if "inconclusive" in statuses else 0)
+
+
+@main.group()
+def watermark() -> None:
+    """Prove ownership: embed a frontier-stitching watermark, verify it through a model's labels.
+
+    Verify exit code: 0 watermarked, 1 not watermarked, 3 inconclusive, 2 bad input.
+    """
+
+
+@watermark.command("embed")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "dataset", default="digits", show_default=True, help="The model's training data.")
+@_root
+@click.option("--key-size", default=100, show_default=True, help="Key inputs ℓ (even).")
+@click.option("--eps", default=0.25, show_default=True, help="FGSM step (L∞, pixels in [0, 1]).")
+@click.option("--boost", default=10, show_default=True, help="Times the key is repeated in fine-tuning.")
+@click.option("--epochs", default=5.0, show_default=True, help="Most fine-tuning epochs.")
+@click.option("--lr", default=1e-3, show_default=True, help="Fine-tuning learning rate (Adam).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Watermarked model to write.")
+@click.option("--key", "key_out", type=click.Path(path_type=Path), required=True, help="Key file to write.")
+@_hmac
+@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign with.")
+@_json
+def watermark_embed(
+    model: Path,
+    dataset: str,
+    root: Path | None,
+    key_size: int,
+    eps: float,
+    boost: int,
+    epochs: float,
+    lr: float,
+    seed: int,
+    out: Path,
+    key_out: Path,
+    hmac_key_file: Path | None,
+    sign_key: Path | None,
+    as_json: bool,
+) -> None:
+    """Watermark MODEL; write the watermarked copy (with its lineage) and the signed key."""
+    from nnseal.attacks import run_attack
+    from nnseal.attacks.watermarking import KEY_FILE
+    from nnseal.data import load_dataset
+    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_private_key
+    from nnseal.models import load_model
+
+    hmac_key = hmac_key_from(file=hmac_key_file)
+    private = load_private_key(sign_key) if sign_key else None
+    m = load_model(model)
+    train, test = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
+    params = {"key_size": key_size, "eps": eps, "boost": boost, "epochs": epochs, "lr": lr}
+    with tempfile.TemporaryDirectory() as work:
+        result = run_attack(
+            "watermark", m, params, train=train, test=test, seed=seed, workdir=work, progress=not as_json
+        )
+        key = Fingerprint.load(Path(work) / KEY_FILE)
+    key.save(key_out, hmac_key=hmac_key, ed25519_key=private)
+    result.save(out)
+    r = result.record["metrics"]
+    signed = [s for s, k in (("hmac-sha256", hmac_key), ("ed25519", private)) if k is not None]
+    info = {"model": str(out), "key": str(key_out), "signed": signed, "model_id": key.model_id, **r}
+    text = (
+        f"wrote {out} and {key_out} (signed: {', '.join(signed) or 'no'}): key accuracy "
+        f"{r['key_accuracy_before']:.0%} → {r['key_accuracy_after']:.0%} after {r['epochs']:g} epochs; "
+        f"test accuracy {r['accuracy_before']:.2%} → {r['accuracy_after']:.2%}"
+    )
+    if r["key_accuracy_after"] < 1:
+        text += "\nwarning: the key was not fully learnt; raise --epochs or --lr"
+    _emit(info, as_json, text)
+
+
+@watermark.command("verify")
+@click.argument("key_file", metavar="KEY", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--alpha", default=0.05, show_default=True, help="Significance level, fixed beforehand.")
+@click.option("--sequential", is_flag=True, help="Stop as soon as the decision is certain (fewer queries).")
+@click.option("--budget", type=int, help="Most queries to send.")
+@click.option(
+    "--calibrate",
+    "null_models",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A model known not to be watermarked (repeatable, >= 2): fit the null to their key accuracy "
+    "instead of the paper's 1/2.",
+)
+@click.option("--batch-size", default=64, show_default=True)
+@_hmac
+@click.option("--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with.")
+@click.option("--require-signature", is_flag=True, help="Refuse keys that are not signed.")
+@_json
+def watermark_verify(
+    key_file: Path,
+    target: Path,
+    alpha: float,
+    sequential: bool,
+    budget: int | None,
+    null_models: tuple[Path, ...],
+    batch_size: int,
+    hmac_key_file: Path | None,
+    public_key: Path | None,
+    require_signature: bool,
+    as_json: bool,
+) -> None:
+    """Is TARGET (an nnseal model file or an .onnx file) watermarked with KEY?
+
+    Exit code: 0 watermarked, 1 not watermarked, 3 inconclusive, 2 bad input.
+    """
+    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
+    from nnseal.targets import open_target
+    from nnseal.watermark import PAPER_NULL, NullModel, verify_watermark
+
+    key = Fingerprint.load(
+        key_file,
+        hmac_key=hmac_key_from(file=hmac_key_file),
+        ed25519_public_key=load_public_key(public_key) if public_key else None,
+        require_signature=require_signature,
+    )
+    null = PAPER_NULL
+    if null_models:
+        accs = [verify_watermark(key, open_target(p), alpha=alpha).key_accuracy for p in null_models]
+        null = NullModel.calibrate([a for a in accs if a is not None], len(key))
+    v = verify_watermark(
+        key, open_target(target), alpha=alpha, null=null, sequential=sequential, budget=budget,
+        batch_size=batch_size,
+    )  # fmt: skip
+    acc = "-" if v.key_accuracy is None else f"{v.key_accuracy:.2%}"
+    text = (
+        f"{v.status.value.upper()}: {v.reason} (p={v.p_value:.3g}, key accuracy {acc}, "
+        f"{v.queries_used} of {v.key_size} queries, null {v.null['kind']} p={v.null['p']:.3f})"
+    )
+    _emit(v.to_dict(), as_json, text)
+    sys.exit(v.exit_code)
 
 
 def _attack_help() -> str:

@@ -18,4 +18,12 @@ class FingerprintError(NnsealError):
 
 
 class TargetError(NnsealError):
-    """A black-box target could not be opened or answered with malformed output."""
+    """A black-box target could not be opened or answered with malformed output.
+
+    ``kind`` names the problem in a few words (``timeout``, ``http-503``, ``malformed-json``, ``nan``,
+    ``unknown-label`` …) so a verdict can count failures by cause.
+    """
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind

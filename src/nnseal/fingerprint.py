@@ -2,9 +2,11 @@
 
 Format: a safetensors file (no pickle; loading runs no code). Tensors hold the queries, the source
 model's probabilities on them (every output spec's expected answer derives from these) and,
-optionally, the natural seeds. The metadata entry ``nnseal`` holds a JSON header (schema version,
-method and parameters, model identity, valid output specs, provenance); the entry ``signature``
-holds HMAC-SHA256 and/or Ed25519 signatures over a digest of the header and every tensor.
+optionally, the natural seeds and the queries' reference labels (a watermark key: the labels the
+key must get, which may differ from the recorded probabilities' argmax). The metadata entry
+``nnseal`` holds a JSON header (schema version, method and parameters, model identity, valid
+output specs, provenance); the entry ``signature`` holds HMAC-SHA256 and/or Ed25519 signatures
+over a digest of the header and every tensor.
 
 Loading checks, in order: the container parses; the signature (when a key is given or a signature
 is required) — before anything else in the file is trusted; the schema version; the fields.
@@ -50,6 +52,7 @@ class Fingerprint:
     params: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     seeds: np.ndarray | None = None
+    labels: np.ndarray | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -66,6 +69,14 @@ class Fingerprint:
             self.seeds = np.ascontiguousarray(self.seeds, dtype=np.float32)
             if self.seeds.shape != self.queries.shape:
                 raise FingerprintError("seeds must have the same shape as queries")
+        if self.labels is not None:
+            labels = np.asarray(self.labels)
+            n_classes = self.probabilities.shape[1]
+            if labels.shape != (len(self.queries),) or not np.issubdtype(labels.dtype, np.integer):
+                raise FingerprintError(f"labels must be {len(self.queries)} integers, one per query")
+            if labels.min() < 0 or labels.max() >= n_classes:
+                raise FingerprintError(f"labels must lie in 0..{n_classes - 1}")
+            self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         self.specs = [str(OutputSpec.parse(s)) for s in self.specs]
         if not self.specs:
             raise FingerprintError("a fingerprint must be valid for at least one output spec")
@@ -103,6 +114,8 @@ class Fingerprint:
         t = {"queries": self.queries, "probabilities": self.probabilities}
         if self.seeds is not None:
             t["seeds"] = self.seeds
+        if self.labels is not None:
+            t["labels"] = self.labels
         return t
 
     def save(
@@ -175,6 +188,7 @@ class Fingerprint:
                 params=dict(h.get("params", {})),
                 provenance=dict(h.get("provenance", {})),
                 seeds=tensors.get("seeds"),
+                labels=tensors.get("labels"),
                 created=str(h.get("created", "")),
                 schema_version=version,
             )

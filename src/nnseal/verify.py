@@ -45,6 +45,10 @@ class Verdict:
     reason: str = ""
     target: str = ""
     fingerprint_model_id: str = ""
+    problems: dict[str, int] = field(default_factory=dict)
+    """Queries without a valid answer, by cause (``TargetError.kind``: timeout, http-503, nan …)."""
+    target_stats: dict[str, Any] = field(default_factory=dict)
+    """What the target reports about its traffic (requests, retries, decoys …; see ``Target.stats``)."""
 
     @property
     def exit_code(self) -> int:
@@ -60,18 +64,22 @@ def _check_answers(raw: np.ndarray, n: int, provides: str, n_classes: int) -> np
     """Reject malformed target output: wrong shape, non-finite, not probabilities, unknown labels."""
     a = np.asarray(raw)
     if a.ndim != 2 or a.shape[0] != n:
-        raise TargetError(f"target returned shape {a.shape} for {n} queries")
+        raise TargetError(f"target returned shape {a.shape} for {n} queries", "wrong-shape")
     if provides == "probabilities":
         if a.shape[1] != n_classes:
-            raise TargetError(f"target returned {a.shape[1]} classes, fingerprint has {n_classes}")
-        if not np.isfinite(a).all() or (a < 0).any() or (a > 1).any():
             raise TargetError(
-                "target returned values that are not probabilities (NaN, inf or outside [0, 1])"
+                f"target returned {a.shape[1]} classes, fingerprint has {n_classes}", "wrong-shape"
             )
+        if not np.isfinite(a).all():
+            raise TargetError("target returned NaN or infinite values", "nan")
+        if (a < 0).any() or (a > 1).any():
+            raise TargetError("target returned probabilities outside [0, 1]", "not-probabilities")
         if np.abs(a.sum(1) - 1).max() > 1e-3:
-            raise TargetError("target probabilities do not sum to 1")
-    elif not np.isfinite(a).all() or (a < 0).any() or (a >= n_classes).any() or (a != np.round(a)).any():
-        raise TargetError(f"target returned labels outside 0..{n_classes - 1}")
+            raise TargetError("target probabilities do not sum to 1", "not-probabilities")
+    elif not np.isfinite(a).all():
+        raise TargetError("target returned NaN or infinite labels", "nan")
+    elif (a < 0).any() or (a >= n_classes).any() or (a != np.round(a)).any():
+        raise TargetError(f"target returned labels outside 0..{n_classes - 1}", "unknown-label")
     return a
 
 
@@ -107,6 +115,7 @@ def verify(
     mismatches: list[int] = []
     failed: list[int] = []
     reasons: list[str] = []
+    problems: dict[str, int] = {}
     answered = used = 0
     start = target.queries
     for lo in tqdm(range(0, limit, batch_size), desc="verify", disable=not progress, leave=False):
@@ -118,6 +127,8 @@ def verify(
         except (TargetError, ValueError) as e:
             failed.extend(idx.tolist())
             reasons.append(str(e))
+            kind = e.kind if isinstance(e, TargetError) else "invalid-answer"
+            problems[kind] = problems.get(kind, 0) + len(idx)
             continue
         finally:
             used = target.queries - start
@@ -134,9 +145,10 @@ def verify(
     elif limit < n:
         status, reason = Status.INCONCLUSIVE, f"budget allowed {limit} of {n} queries"
     elif failed:
+        causes = ", ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
         status, reason = (
             Status.INCONCLUSIVE,
-            f"{len(failed)} of {n} queries got no valid answer: {reasons[0]}",
+            f"{len(failed)} of {n} queries got no valid answer ({causes}); first: {reasons[0]}",
         )
     else:
         status, reason = Status.INTACT, f"all {n} answers match"
@@ -151,4 +163,6 @@ def verify(
         reason,
         target.describe(),
         fingerprint.model_id,
+        problems,
+        target.stats(),
     )

@@ -4,7 +4,7 @@ result = run_attack("prune", model, {"amount": 0.5}, test=test)
 result.lineage_str, result.record["metrics"]["accuracy_after"], result.save("pruned.safetensors")
 """
 
-from nnseal.attacks import compression, training, weights
+from nnseal.attacks import compression, training, watermarking, weights
 from nnseal.attacks.base import (
     ATTACKS,
     Attack,
@@ -27,5 +27,6 @@ __all__ = [
     "run_attack",
     "stamp_trigger",
     "training",
+    "watermarking",
     "weights",
 ]

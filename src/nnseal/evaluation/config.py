@@ -43,6 +43,20 @@ class PoolConfig:
 
 
 @dataclass
+class MarkerSettings:
+    """TamperNN boundary-marker pools evaluated beside SSF (see :mod:`nnseal.methods.markers`)."""
+
+    strategies: list[str] = field(default_factory=list)  # adversarial, bisection, flip-rate, hybrid
+    pool: int = 300  # natural seeds per strategy; seeds that reach no frontier are dropped
+    eps: float = 0.3
+    pgd_steps: int = 20
+    target_margin: float = 1e-3
+    backoff: float = 0.05
+    noise_factor: float = 4.0  # margin = max(fingerprint.min_margin, noise_factor × measured noise)
+    ss_steps: int = 300
+
+
+@dataclass
 class AttackConfig:
     name: str
     kind: str
@@ -63,6 +77,7 @@ class EvalSettings:
     seeds_per_attack: int = 3
     false_alarm_batch_sizes: list[int] = field(default_factory=lambda: [1, 7, 64, 256])
     false_alarm_threads: list[int] = field(default_factory=lambda: [1, 2])
+    false_alarm_fingerprints: int = 20  # random 10-query fingerprints per pool verified per setup and spec
     monte_carlo_repetitions: int = 0  # > 0: also simulate random selection this many times
 
 
@@ -75,6 +90,7 @@ class ExperimentConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     fingerprint: PoolConfig = field(default_factory=PoolConfig)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
+    markers: MarkerSettings = field(default_factory=MarkerSettings)
     attacks: list[AttackConfig] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +125,7 @@ def config_from_dict(raw: dict[str, Any], base: Path | None = None) -> Experimen
         "model": ModelSettings,
         "fingerprint": PoolConfig,
         "evaluation": EvalSettings,
+        "markers": MarkerSettings,
     }
     top = {k: v for k, v in raw.items() if k not in (*sections, "attacks")}
     cfg = _build(ExperimentConfig, top, "top level")
@@ -131,6 +148,11 @@ def config_from_dict(raw: dict[str, Any], base: Path | None = None) -> Experimen
             cfg.out = str(base / cfg.out)
     if cfg.fingerprint.bag > cfg.fingerprint.pool:
         raise NnsealError(f"bag ({cfg.fingerprint.bag}) cannot exceed pool ({cfg.fingerprint.pool})")
+    bad = sorted(set(cfg.markers.strategies) - {"adversarial", "bisection", "flip-rate", "hybrid"})
+    if bad:
+        raise NnsealError(
+            f"unknown marker strategies {bad}; choose from adversarial, bisection, flip-rate, hybrid"
+        )
     if cfg.evaluation.seeds_per_attack < 1 or cfg.evaluation.manc_bags < 1 or cfg.evaluation.n_max < 1:
         raise NnsealError("seeds_per_attack, manc_bags and n_max must be >= 1")
     return cfg

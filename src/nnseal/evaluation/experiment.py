@@ -6,6 +6,8 @@ What a repetition re-draws:
   of a random pool is a random draw from the pool); computed exactly (hypergeometric);
 * SS + MANC — the bag (``bag`` candidates drawn from the pool, ``manc_bags`` times); MANC's picks are
   then deterministic, so each (bag, attacked model) pair is one exact outcome.
+* TamperNN markers (``[markers] strategies``) — one pool per strategy, random selection (exact), except
+  flip-rate markers, ordered by perturbation coverage within bags like MANC.
 """
 
 from __future__ import annotations
@@ -31,14 +33,21 @@ from nnseal.evaluation.stats import (
     missing_rate_ordered,
     queries_needed,
 )
+from nnseal.fingerprint import Fingerprint
 from nnseal.methods.manc import manc_select, relu_activations
+from nnseal.methods.markers import MarkerGenerator, measure_noise
 from nnseal.methods.sensitive import SensitiveSampleGenerator
-from nnseal.models import Classifier, export_onnx, load_model, train_model
+from nnseal.models import Classifier, export_onnx, load_model, model_id, train_model
 from nnseal.models.train import evaluate_accuracy
 from nnseal.outputs import OutputSpec
 from nnseal.targets import OnnxTarget, Target, TorchTarget
+from nnseal.verify import Status, verify
 
-SELECTIONS = ("natural", "ss-random", "ss-manc")
+SELECTIONS = (
+    "natural",
+    "ss-random",
+    "ss-manc",
+)  # always evaluated; marker selections are "marker-<strategy>"
 
 
 @dataclass
@@ -52,6 +61,27 @@ class Pools:
     seeds: np.ndarray
     active: np.ndarray  # ReLU activity of each sensitive sample on the intact model, for MANC
     generation_s: float
+    markers: dict[str, MarkerPool] = field(default_factory=dict)  # "marker-<strategy>" → pool
+
+
+@dataclass
+class MarkerPool:
+    x: np.ndarray
+    probs: np.ndarray
+    cover: np.ndarray | None  # flip-rate: which simulated perturbations flip each marker
+    noise: dict[str, float]
+    margin: float
+    candidates: int
+    generation_s: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pool": len(self.x),
+            "candidates": self.candidates,
+            "max_noise": max(self.noise.values()),
+            "margin": self.margin,
+            "generation_s": self.generation_s,
+        }
 
 
 @dataclass
@@ -63,6 +93,7 @@ class Results:
     attacks: list[dict[str, Any]] = field(default_factory=list)
     false_alarms: list[dict[str, Any]] = field(default_factory=list)
     monte_carlo: list[dict[str, Any]] = field(default_factory=list)
+    markers: dict[str, dict[str, Any]] = field(default_factory=dict)
     resolution: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
@@ -88,7 +119,7 @@ def build_pools(model: Classifier, test: Dataset, cfg: ExperimentConfig, progres
     nat_p, sen_p = target.predict(natural), target.predict(sensitive)
     keep_n, keep_s = _keep_stable(nat_p, specs, fp.min_margin), _keep_stable(sen_p, specs, fp.min_margin)
     sensitive = sensitive[keep_s]
-    return Pools(
+    pools = Pools(
         natural[keep_n],
         nat_p[keep_n],
         sensitive,
@@ -97,6 +128,58 @@ def build_pools(model: Classifier, test: Dataset, cfg: ExperimentConfig, progres
         relu_activations(model, sensitive),
         generation_s,
     )
+    mk, ev = cfg.markers, cfg.evaluation
+    for strategy in mk.strategies:
+        t0 = time.perf_counter()
+        marker_seeds = test.x[rng.choice(len(test), min(mk.pool, len(test)), replace=False)]
+        generator = MarkerGenerator(
+            strategy,  # type: ignore[arg-type]
+            eps=mk.eps,
+            pgd_steps=mk.pgd_steps,
+            target_margin=mk.target_margin,
+            backoff=mk.backoff,
+            ss_steps=mk.ss_steps,
+            ss_epsilon=fp.epsilon,
+            seed=cfg.seed,
+        )
+        markers = generator.generate(model, marker_seeds)
+        probs = target.predict(markers.x)
+        noise = measure_noise(
+            model, markers.x, batch_sizes=ev.false_alarm_batch_sizes, threads=ev.false_alarm_threads
+        )
+        margin = max(fp.min_margin, mk.noise_factor * max(noise.values()))
+        keep = _keep_stable(probs, specs, margin)
+        pools.markers[f"marker-{strategy}"] = MarkerPool(
+            markers.x[keep],
+            probs[keep],
+            None if markers.flips is None else markers.flips[keep],
+            noise,
+            margin,
+            len(markers.x),
+            time.perf_counter() - t0,
+        )
+    return pools
+
+
+def selections(pools: Pools) -> list[tuple[str, str, str]]:
+    """(selection name, pool name, "random" | "ordered") for every selection evaluated."""
+    out = [
+        ("natural", "natural", "random"),
+        ("ss-random", "sensitive", "random"),
+        ("ss-manc", "sensitive", "ordered"),
+    ]
+    out += [(name, name, "random" if p.cover is None else "ordered") for name, p in pools.markers.items()]
+    return out
+
+
+def _pool_arrays(pools: Pools) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Pool name → (queries, the intact model's answers)."""
+    arrays = {
+        "natural": (pools.natural, pools.natural_probs),
+        "sensitive": (pools.sensitive, pools.sensitive_probs),
+    }
+    arrays.update({name: (p.x, p.probs) for name, p in pools.markers.items()})
+    return arrays
 
 
 def _detects(spec: OutputSpec, expected: np.ndarray, answers: np.ndarray) -> np.ndarray:
@@ -130,24 +213,28 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
     results.timings["train_s"] = time.perf_counter() - t_start
     pools = build_pools(model, test, cfg, progress)
     results.timings["generation_s"] = pools.generation_s
-    n_max = min(ev.n_max, len(pools.sensitive), len(pools.natural))
+    arrays, sels = _pool_arrays(pools), selections(pools)
+    n_max = min(ev.n_max, *(len(x) for x, _ in arrays.values()))
     results.resolution = {
         "pool_sensitive": len(pools.sensitive),
         "pool_natural": len(pools.natural),
         "n_max": n_max,
     }
-
+    results.markers = {name: p.summary() for name, p in pools.markers.items()}
+    cover = {"ss-manc": pools.active, **{n: p.cover for n, p in pools.markers.items() if p.cover is not None}}
     rng = np.random.default_rng(cfg.seed + 1)
-    bag = min(cfg.fingerprint.bag, len(pools.sensitive))
-    orders = []
-    for _ in range(ev.manc_bags):
-        members = np.sort(rng.choice(len(pools.sensitive), bag, replace=False))
-        orders.append(members[manc_select(pools.active[members], min(n_max, bag))])
+    orders: dict[str, list[np.ndarray]] = {}
+    for sel, matrix in cover.items():
+        bag = min(cfg.fingerprint.bag, len(matrix))
+        orders[sel] = []
+        for _ in range(ev.manc_bags):
+            members = np.sort(rng.choice(len(matrix), bag, replace=False))
+            orders[sel].append(members[manc_select(matrix[members], min(n_max, bag))])
 
-    results.false_alarms = _false_alarms(model, pools, specs, ev, Path(cfg.out))
+    results.false_alarms = _false_alarms(model, pools, specs, ev, Path(cfg.out), cfg.seed)
     t0 = time.perf_counter()
     for attack in tqdm(cfg.attacks, desc="attacks", disable=not progress):
-        detections: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {str(s): [] for s in specs}
+        detections: dict[str, list[dict[str, np.ndarray]]] = {str(s): [] for s in specs}
         for k in range(ev.seeds_per_attack):
             seed = cfg.seed + 1000 * k
             result = run_attack(
@@ -160,7 +247,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
                 workdir=Path(cfg.out) / "attacked" / f"{attack.name}-{k}",
             )
             target = result.target()
-            nat_a, sen_a = target.predict(pools.natural), target.predict(pools.sensitive)
+            answers = {name: target.predict(x) for name, (x, _) in arrays.items()}
             results.attacks.append(
                 {
                     "attack": attack.name,
@@ -171,10 +258,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
             )
             for s in specs:
                 detections[str(s)].append(
-                    (_detects(s, pools.natural_probs, nat_a), _detects(s, pools.sensitive_probs, sen_a))
+                    {name: _detects(s, arrays[name][1], a) for name, a in answers.items()}
                 )
         results.curves[attack.name], results.needed[attack.name] = _curves(
-            detections, orders, n_max, ev.alphas
+            detections, sels, orders, n_max, ev.alphas
         )
         if ev.monte_carlo_repetitions:
             results.monte_carlo += _monte_carlo_check(attack.name, detections, ev, cfg.seed)
@@ -185,18 +272,22 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
 
 
 def _curves(
-    detections: dict[str, list[tuple[np.ndarray, np.ndarray]]],
-    orders: list[np.ndarray],
+    detections: dict[str, list[dict[str, np.ndarray]]],
+    sels: list[tuple[str, str, str]],
+    orders: dict[str, list[np.ndarray]],
     n_max: int,
     alphas: list[float],
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, dict[str, int | None]]]]:
-    curves: dict[str, dict[str, list[float]]] = {sel: {} for sel in SELECTIONS}
+    curves: dict[str, dict[str, list[float]]] = {sel: {} for sel, _, _ in sels}
     for spec, per_model in detections.items():
-        nat = np.mean([missing_rate_exact(len(d), int(d.sum()), n_max) for d, _ in per_model], axis=0)
-        ss = np.mean([missing_rate_exact(len(d), int(d.sum()), n_max) for _, d in per_model], axis=0)
-        firsts = [first_detection(order, d) for _, d in per_model for order in orders]
-        manc = missing_rate_ordered(np.array(firsts), n_max)
-        for sel, curve in zip(SELECTIONS, (nat, ss, manc), strict=True):
+        for sel, pool, mode in sels:
+            if mode == "random":
+                curve = np.mean(
+                    [missing_rate_exact(len(d[pool]), int(d[pool].sum()), n_max) for d in per_model], axis=0
+                )
+            else:
+                firsts = [first_detection(order, d[pool]) for d in per_model for order in orders[sel]]
+                curve = missing_rate_ordered(np.array(firsts), n_max)
             curves[sel][spec] = curve.tolist()
     needed = {
         sel: {spec: {f"{a:g}": queries_needed(np.array(c), a) for a in alphas} for spec, c in by_spec.items()}
@@ -209,11 +300,12 @@ def _monte_carlo_check(name: str, detections: dict, ev: Any, seed: int) -> list[
     """Simulate SS + random at top-1 (first spec) for N = 1..5 and compare with the exact value."""
     spec = next(iter(detections))
     rows = []
+    ss = [d["sensitive"] for d in detections[spec]]
     for n in range(1, 6):
-        exact = float(np.mean([missing_rate_exact(len(d), int(d.sum()), n)[-1] for _, d in detections[spec]]))
+        exact = float(np.mean([missing_rate_exact(len(d), int(d.sum()), n)[-1] for d in ss]))
         sims = [
             missing_rate_monte_carlo(len(d), int(d.sum()), n, ev.monte_carlo_repetitions, seed=seed + i)
-            for i, (_, d) in enumerate(detections[spec])
+            for i, d in enumerate(ss)
         ]
         rows.append(
             {
@@ -229,10 +321,11 @@ def _monte_carlo_check(name: str, detections: dict, ev: Any, seed: int) -> list[
 
 
 def _false_alarms(
-    model: Classifier, pools: Pools, specs: list[OutputSpec], ev: Any, out: Path
+    model: Classifier, pools: Pools, specs: list[OutputSpec], ev: Any, out: Path, seed: int
 ) -> list[dict[str, Any]]:
     """Query every pool sample on the intact model through each serving setup; any changed answer
-    would be a false alarm for a fingerprint containing it."""
+    would be a false alarm for a fingerprint containing it. Then verify ``false_alarm_fingerprints``
+    random 10-query fingerprints per pool through every setup under every spec with :func:`verify`."""
     onnx = export_onnx(model, out / "intact.onnx", model.config.input_shape)
     targets: list[tuple[str, Target, int]] = [
         (f"torch batch {b} threads {t}", TorchTarget(model, batch_size=b, threads=t), b)
@@ -240,20 +333,30 @@ def _false_alarms(
         for t in ev.false_alarm_threads
     ]
     targets.append(("onnxruntime", OnnxTarget(onnx), 64))
+    rng = np.random.default_rng(seed)
+    fingerprints = {
+        pool: [
+            Fingerprint(x[idx], expected[idx], [str(s) for s in specs], model_id(model), "evaluation")
+            for idx in (
+                rng.choice(len(x), min(10, len(x)), replace=False) for _ in range(ev.false_alarm_fingerprints)
+            )
+        ]
+        for pool, (x, expected) in _pool_arrays(pools).items()
+    }
     rows = []
     for name, target, _ in targets:
-        answers = [target.predict(pools.natural), target.predict(pools.sensitive)]
-        for s in specs:
-            flips = int(
-                _detects(s, pools.natural_probs, answers[0]).sum()
-                + _detects(s, pools.sensitive_probs, answers[1]).sum()
-            )
+        for pool, (x, expected) in _pool_arrays(pools).items():
+            answers = target.predict(x)
+            verdicts = [verify(fp, target, s).status for fp in fingerprints[pool] for s in specs]
             rows.append(
                 {
                     "target": name,
-                    "spec": str(s),
-                    "queries": len(pools.natural) + len(pools.sensitive),
-                    "changed_answers": flips,
+                    "pool": pool,
+                    "queries": len(x),
+                    "comparisons": len(x) * len(specs),
+                    "changed_answers": int(sum(_detects(s, expected, answers).sum() for s in specs)),
+                    "verifications": len(verdicts),
+                    "not_intact": sum(v is not Status.INTACT for v in verdicts),
                 }
             )
     return rows

@@ -35,7 +35,15 @@ PAPER_TABLE5 = {
         (31, 31, 30, 28, 25, 18, 8),
     ),
 }
-LABELS = {"natural": "natural (non-sensitive)", "ss-random": "SS + random", "ss-manc": "SS + MANC"}
+LABELS = {
+    "natural": "natural (non-sensitive)",
+    "ss-random": "SS + random",
+    "ss-manc": "SS + MANC",
+    "marker-adversarial": "markers: adversarial + bisection",
+    "marker-bisection": "markers: pairwise bisection (labels only)",
+    "marker-flip-rate": "markers: flip-rate cover",
+    "marker-hybrid": "markers: SS pushed to frontier",
+}
 
 
 def write_outputs(results: Results, pools: Pools, out: str | Path) -> Path:
@@ -72,7 +80,7 @@ def _plots(results: Results, out: Path) -> None:
     attacks = list(results.curves)
     fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.4), squeeze=False)
     for ax, attack in zip(axes[0], attacks, strict=True):
-        for sel in SELECTIONS:
+        for sel in results.curves[attack]:
             curve = np.array(results.curves[attack][sel][spec])
             n = np.arange(1, len(curve) + 1)
             ax.semilogy(n[curve > 0], curve[curve > 0], label=LABELS[sel])
@@ -199,7 +207,7 @@ def _markdown(r: Results) -> str:
     ]
     alphas = [f"{a:g}" for a in ev["alphas"]]
     for attack, need in r.needed.items():
-        rows = [[LABELS[sel], *[str(need[sel][spec][a] or "—") for a in alphas]] for sel in SELECTIONS]
+        rows = [[LABELS[sel], *[str(need[sel][spec][a] or "—") for a in alphas]] for sel in need]
         eff = [
             need["natural"][spec][a] / need["ss-manc"][spec][a]
             if need["natural"][spec][a] and need["ss-manc"][spec][a]
@@ -222,21 +230,56 @@ def _markdown(r: Results) -> str:
 
     fa = r.false_alarms
     changed = sum(x["changed_answers"] for x in fa)
-    checks = sum(x["queries"] for x in fa)
-    setups = len({x["target"] for x in fa})
+    checks = sum(x["comparisons"] for x in fa)
+    setups = sorted({x["target"] for x in fa})
+    pools = list(dict.fromkeys(x["pool"] for x in fa))
     md += [
         "## False alarms on the intact model",
         "",
-        f"Every pool sample was queried through {setups} serving setups and compared under "
-        f"{len(ev['specs'])} output specs: {checks} comparisons, **{changed} changed answers** "
-        f"(false-alarm rate {changed / max(checks, 1):.2g} per query).",
+        f"Every pool sample was queried through {len(setups)} serving setups ({', '.join(setups)}) and "
+        f"compared under {len(ev['specs'])} output specs: {checks} comparisons, "
+        f"**{changed} changed answers** "
+        f"(false-alarm rate {changed / max(checks, 1):.2g} per query). Then random 10-query fingerprints of "
+        "each pool were verified through every setup under every spec.",
         "",
         markdown_table(
-            ["target", "spec", "queries", "changed answers"],
-            [[x["target"], x["spec"], x["queries"], x["changed_answers"]] for x in fa],
+            ["pool", "comparisons", "changed answers", "verifications", "not intact"],
+            [
+                [
+                    p,
+                    sum(x["comparisons"] for x in fa if x["pool"] == p),
+                    sum(x["changed_answers"] for x in fa if x["pool"] == p),
+                    sum(x["verifications"] for x in fa if x["pool"] == p),
+                    sum(x["not_intact"] for x in fa if x["pool"] == p),
+                ]
+                for p in pools
+            ],
         ),
         "",
     ]
+    if r.markers:
+        md += [
+            "## Marker pools",
+            "",
+            "Noise = largest relative change of a top-2 probability between the full batch and any serving "
+            "setup; markers whose answers would not survive the margin were dropped.",
+            "",
+            markdown_table(
+                ["strategy", "candidates", "kept", "measured noise", "margin", "generation (s)"],
+                [
+                    [
+                        LABELS.get(k, k),
+                        m["candidates"],
+                        m["pool"],
+                        f"{m['max_noise']:.2g}",
+                        f"{m['margin']:.2g}",
+                        f"{m['generation_s']:.1f}",
+                    ]
+                    for k, m in r.markers.items()
+                ],
+            ),
+            "",
+        ]
     if r.monte_carlo:
         md += [
             "## Monte Carlo check of the exact formula (SS + random)",

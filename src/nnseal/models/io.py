@@ -64,7 +64,8 @@ def model_id(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model_tensors(model).items()):
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape: a 0-d buffer (batch norm's num_batches_tracked) can't be viewed as bytes; same bytes
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +33,13 @@ class Target(ABC):
     @abstractmethod
     def describe(self) -> str:
         """A one-line description for reports."""
+
+    def stats(self) -> dict[str, Any]:
+        """Traffic details for the verdict (remote targets: requests, retries …); none for local ones."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract: local targets hold nothing
+        """Release connections (remote targets); nothing to do for local ones."""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

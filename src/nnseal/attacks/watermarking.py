@@ -1,0 +1,46 @@
+"""Watermarking as tampering: someone else embeds their own frontier-stitching watermark (TamperNN
+counts it as a modification of the model; it also "overwrites" an owner's watermark)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from nnseal.attacks.base import AttackContext, register
+from nnseal.methods.frontier import FrontierStitching
+
+KEY_FILE = "watermark-key.nnseal"
+"""The attack leaves its (unsigned) key in the attack's work folder under this name."""
+
+
+@register("watermark", needs_data=True)
+def watermark(
+    model: nn.Module,
+    ctx: AttackContext,
+    *,
+    key_size: int = 100,
+    eps: float = 0.25,
+    boost: int = 10,
+    epochs: float = 5.0,
+    checks_per_epoch: int = 4,
+    lr: float = 1e-3,
+) -> nn.Module:
+    """Embed a frontier-stitching watermark (FGSM key of ``key_size`` inputs at ``eps``, fine-tuned on
+    clean data plus the key boosted ``boost`` times until the key is learnt); the key is saved in the
+    work folder."""
+    train = ctx.require_train("watermark")
+    method = FrontierStitching(
+        key_size=key_size,
+        eps=eps,
+        boost=boost,
+        epochs=epochs,
+        checks_per_epoch=checks_per_epoch,
+        lr=lr,
+        seed=ctx.seed,
+        progress=ctx.progress,
+    )
+    marked, key, report = method.embed(model, train, test=ctx.test)
+    key.save(ctx.workdir / KEY_FILE)
+    ctx.metrics.update(
+        {k: v for k, v in report.to_dict().items() if k not in ("accuracy_before", "accuracy_after")}
+    )
+    return marked

@@ -1,0 +1,384 @@
+"""TamperNN boundary markers (Le Merrer & Trédan, arXiv 1903.00317): inputs whose top-1 label is
+likely to change when the model's weights change, because they sit just inside a decision frontier.
+
+The paper's crafting algorithms are not public, so the idea is implemented as strategies that the
+evaluation harness compares side by side with Sensitive-Sample fingerprints:
+
+* ``natural`` — test inputs as they are (the baseline);
+* ``adversarial`` — PGD (L∞) from a natural seed toward another class, then bisection on the segment
+  seed → adversarial point to land where the seed's class wins by ``target_margin``;
+* ``bisection`` — bisection between two inputs of different classes using *labels only* (so it works
+  on a model the owner can only query), then a step of ``backoff`` (L2) back into the first class;
+* ``flip-rate`` — adversarial candidates ordered by greedy coverage of simulated weight perturbations
+  (multiplicative Gaussian noise at several scales, low-bit rounding) that flip them: the most fragile
+  first, and each next one catching perturbations the earlier ones miss;
+* ``hybrid`` — sensitive samples (SSF) pushed to the frontier like ``adversarial``.
+
+Markers sit close to a frontier on purpose, so benign numerics (batch size, threads, ONNX Runtime)
+could flip them. :func:`measure_noise` measures that noise on the owner's side, and the fingerprinter
+keeps only markers whose answers survive ``max(min_margin, noise_factor × measured noise)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnseal.errors import NnsealError
+from nnseal.fingerprint import Fingerprint
+from nnseal.methods.manc import manc_select
+from nnseal.methods.sensitive import SensitiveSampleGenerator
+from nnseal.models.io import export_onnx, model_id
+from nnseal.outputs import OutputSpec
+from nnseal.targets.base import Target
+from nnseal.targets.local import OnnxTarget, TorchTarget
+
+if TYPE_CHECKING:
+    from nnseal.data import Dataset
+
+Strategy = Literal["natural", "adversarial", "bisection", "flip-rate", "hybrid"]
+STRATEGIES: tuple[str, ...] = ("natural", "adversarial", "bisection", "flip-rate", "hybrid")
+TOP1 = OutputSpec.parse("top1")
+
+
+def _probs(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    return TorchTarget(model).predict(x)
+
+
+def top1_margin(probs: np.ndarray) -> np.ndarray:
+    """Relative noise the top-1 label survives (see :meth:`OutputSpec.margin`)."""
+    return TOP1.margin(probs)
+
+
+def pgd(model: nn.Module, x: np.ndarray, *, eps: float = 0.3, steps: int = 20, seed: int = 0) -> np.ndarray:
+    """Untargeted L∞ PGD with a random start, kept in [0, 1]; returns the last iterate."""
+    model = model.eval()
+    x0 = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    with torch.no_grad():
+        labels = model(x0).argmax(1)
+    gen = torch.Generator().manual_seed(seed)
+    xa = (x0 + eps * (2 * torch.rand(x0.shape, generator=gen) - 1)).clamp(0, 1)
+    step = 2.5 * eps / max(steps, 1)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(xa), labels)
+        (grad,) = torch.autograd.grad(loss, xa)
+        with torch.no_grad():
+            xa = torch.minimum(torch.maximum(xa + step * grad.sign(), x0 - eps), x0 + eps).clamp(0, 1)
+    return xa.detach().numpy()
+
+
+def bisect_margin(
+    model: nn.Module, inside: np.ndarray, outside: np.ndarray, target_margin: float, iters: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """On each segment inside → outside, the point farthest along where ``inside``'s label still wins
+    with top-1 margin ≥ ``target_margin``. Returns (points, ok); ``ok`` is False where the segment
+    does not start inside or does not leave the class (no frontier to land on)."""
+    labels = _probs(model, inside).argmax(1)
+
+    def keeps(t: np.ndarray) -> np.ndarray:
+        p = _probs(model, _along(inside, outside, t))
+        return (p.argmax(1) == labels) & (top1_margin(p) >= target_margin)
+
+    lo, hi = np.zeros(len(inside)), np.ones(len(inside))
+    ok = keeps(lo) & ~keeps(hi)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        k = keeps(mid)
+        lo, hi = np.where(k, mid, lo), np.where(k, hi, mid)
+    return _along(inside, outside, lo), ok
+
+
+def bisect_labels(
+    labels_of: Callable[[np.ndarray], np.ndarray],
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    iters: int = 30,
+    backoff: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels-only bisection on each segment a → b (a and b of different classes): the last point
+    still labelled like ``a``, moved ``backoff`` (L2 distance in input space) back toward ``a``.
+    Returns (points, ok); ``ok`` is False where a and b share a label."""
+    la = labels_of(a)
+    ok = la != labels_of(b)
+    lo, hi = np.zeros(len(a)), np.ones(len(a))
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        same = labels_of(_along(a, b, mid)) == la
+        lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
+    length = np.linalg.norm((b - a).reshape(len(a), -1), axis=1)
+    t = np.clip(lo - backoff / np.maximum(length, 1e-12), 0.0, 1.0)
+    return _along(a, b, t), ok
+
+
+def _along(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    t = t.reshape(-1, *([1] * (a.ndim - 1)))
+    return (a + t * (b - a)).astype(np.float32)
+
+
+def target_labels(target: Target) -> Callable[[np.ndarray], np.ndarray]:
+    """Top-1 labels from any target (probabilities or ranked labels)."""
+
+    def labels_of(x: np.ndarray) -> np.ndarray:
+        out = target.predict(x)
+        return out.argmax(1) if target.provides == "probabilities" else out[:, 0].astype(int)
+
+    return labels_of
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A simulated benign-looking weight change: ``gauss`` multiplies every weight by (1 + scale·N(0,1));
+    ``round`` rounds every weight matrix to ``bits`` bits (uniform, symmetric, per tensor)."""
+
+    kind: Literal["gauss", "round"]
+    scale: float = 0.0
+    bits: int = 8
+    seed: int = 0
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        out = copy.deepcopy(model).eval()
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            for name, p in out.named_parameters():
+                if self.kind == "gauss":
+                    p.mul_(1 + self.scale * torch.randn(p.shape, generator=gen))
+                elif name.endswith("weight") and p.dim() > 1:
+                    step = p.abs().max().clamp_min(1e-12) / (2 ** (self.bits - 1) - 1)
+                    p.copy_(torch.round(p / step) * step)
+        return out
+
+
+def default_perturbations(
+    scales: Sequence[float] = (1e-3, 3e-3, 1e-2), draws: int = 4, bits: Sequence[int] = (6, 10), seed: int = 0
+) -> list[Perturbation]:
+    gauss = [
+        Perturbation("gauss", s, seed=seed + 1000 * i + j) for i, s in enumerate(scales) for j in range(draws)
+    ]
+    return gauss + [Perturbation("round", bits=b) for b in bits]
+
+
+def flip_matrix(model: nn.Module, x: np.ndarray, perturbations: Sequence[Perturbation]) -> np.ndarray:
+    """(len(x), len(perturbations)) booleans: does the perturbed model change x's top-1 label?"""
+    base = _probs(model, x).argmax(1)
+    return np.stack([_probs(p.apply(model), x).argmax(1) != base for p in perturbations], axis=1)
+
+
+def measure_noise(
+    model: nn.Module,
+    x: np.ndarray,
+    *,
+    batch_sizes: Sequence[int] = (1, 7, 64, 256),
+    threads: Sequence[int] = (1, 2),
+    onnx: bool = True,
+) -> dict[str, float]:
+    """Largest relative probability change of any top-2 class between the full-batch answer and each
+    serving setup (torch batch sizes × thread counts, and ONNX Runtime)."""
+    ref = _probs(model, x)
+    top2 = np.argsort(-ref, axis=1)[:, :2]
+    targets: list[tuple[str, Target]] = [
+        (f"torch batch {b} threads {t}", TorchTarget(model, batch_size=b, threads=t))
+        for b in batch_sizes
+        for t in threads
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx:
+            path = export_onnx(model, Path(tmp) / "model.onnx", tuple(x.shape[1:]))
+            targets.append(("onnxruntime", OnnxTarget(path)))
+        noise = {}
+        for name, target in targets:
+            p = np.take_along_axis(target.predict(x), top2, axis=1)
+            r = np.take_along_axis(ref, top2, axis=1)
+            noise[name] = float((np.abs(p - r) / np.maximum(r, 1e-30)).max())
+    return noise
+
+
+@dataclass
+class Markers:
+    """Candidate markers, the natural inputs they came from, and (flip-rate) a coverage matrix."""
+
+    x: np.ndarray
+    seeds: np.ndarray
+    flips: np.ndarray | None = None
+
+
+class MarkerGenerator:
+    """Craft marker candidates from natural inputs with one strategy (see the module docstring).
+
+    Args:
+        strategy: one of :data:`STRATEGIES`.
+        eps, pgd_steps: PGD budget (L∞, [0, 1] pixels) for adversarial / flip-rate / hybrid.
+        target_margin: where markers land — the top-1 label wins by this relative margin
+            (≈ half the top-1/top-2 logit gap); larger than the noise margin, small enough to be fragile.
+        iters: bisection steps (2⁻³⁰ of the segment by default).
+        backoff: labels-only bisection: L2 distance moved back from the frontier.
+        perturbations: simulated weight changes ranking flip-rate candidates.
+        ss_steps, ss_epsilon: sensitive-sample generation for the hybrid strategy.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy = "adversarial",
+        *,
+        eps: float = 0.3,
+        pgd_steps: int = 20,
+        target_margin: float = 1e-3,
+        iters: int = 30,
+        backoff: float = 0.05,
+        perturbations: Sequence[Perturbation] | None = None,
+        ss_steps: int = 300,
+        ss_epsilon: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown marker strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if not 0 < target_margin < 1 or eps <= 0 or iters < 1 or backoff < 0:
+            raise ValueError("need 0 < target_margin < 1, eps > 0, iters >= 1 and backoff >= 0")
+        self.strategy, self.eps, self.pgd_steps = strategy, float(eps), int(pgd_steps)
+        self.target_margin, self.iters, self.backoff = float(target_margin), int(iters), float(backoff)
+        self.perturbations = (
+            list(perturbations) if perturbations is not None else default_perturbations(seed=seed)
+        )
+        self.ss_steps, self.ss_epsilon, self.seed = int(ss_steps), float(ss_epsilon), int(seed)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "eps": self.eps,
+            "pgd_steps": self.pgd_steps,
+            "target_margin": self.target_margin,
+            "iters": self.iters,
+            "backoff": self.backoff,
+            "perturbations": [vars(p) for p in self.perturbations] if self.strategy == "flip-rate" else None,
+            "ss_steps": self.ss_steps,
+            "ss_epsilon": self.ss_epsilon,
+            "seed": self.seed,
+        }
+
+    def generate(self, model: nn.Module, seeds: np.ndarray) -> Markers:
+        """Candidates from ``seeds`` (natural inputs); seeds with no frontier in reach are dropped."""
+        model = model.eval()
+        seeds = np.ascontiguousarray(seeds, dtype=np.float32)
+        if self.strategy == "natural":
+            return Markers(seeds, seeds)
+        if self.strategy == "bisection":
+            labels_of = target_labels(TorchTarget(model))
+            rng = np.random.default_rng(self.seed)
+            partners = seeds[rng.permutation(len(seeds))]
+            x, ok = bisect_labels(labels_of, seeds, partners, iters=self.iters, backoff=self.backoff)
+            return Markers(x[ok], seeds[ok])
+        start = seeds
+        if self.strategy == "hybrid":
+            start = (
+                SensitiveSampleGenerator(epsilon=self.ss_epsilon, steps=self.ss_steps)
+                .generate(model, seeds)
+                .x
+            )
+        adversarial = pgd(model, start, eps=self.eps, steps=self.pgd_steps, seed=self.seed)
+        x, ok = bisect_margin(model, start, adversarial, self.target_margin, self.iters)
+        markers = Markers(x[ok], seeds[ok])
+        if self.strategy == "flip-rate":
+            markers.flips = flip_matrix(model, markers.x, self.perturbations)
+        return markers
+
+
+class MarkerFingerprinter:
+    """A fingerprint of ``n_queries`` boundary markers for :func:`nnseal.verify.verify`.
+
+    Args:
+        n_queries: markers in the fingerprint.
+        pool_size: natural seeds drawn from ``data`` (some reach no frontier and are dropped).
+        specs: output specs the fingerprint must be valid for.
+        min_margin: floor of the noise margin (relative, as :meth:`OutputSpec.margin`).
+        noise_factor: the margin is at least this many times the noise :func:`measure_noise` measured.
+        noise_onnx: include ONNX Runtime in the noise measurement (exports the model to a temp dir).
+        seed: draws the seeds, the PGD start and the random selection.
+        **generator: :class:`MarkerGenerator` options (strategy, eps, target_margin, …).
+    """
+
+    name = "tampernn-markers"
+
+    def __init__(
+        self,
+        *,
+        n_queries: int = 10,
+        pool_size: int = 200,
+        specs: Sequence[str] = ("top1",),
+        min_margin: float = 2e-5,
+        noise_factor: float = 4.0,
+        noise_onnx: bool = True,
+        seed: int = 0,
+        **generator: Any,
+    ) -> None:
+        if n_queries < 1 or pool_size < n_queries:
+            raise ValueError(f"need 1 <= n_queries <= pool_size, got {n_queries} and {pool_size}")
+        if min_margin < 0 or noise_factor < 0:
+            raise ValueError("min_margin and noise_factor must be >= 0")
+        self.n_queries, self.pool_size, self.seed = int(n_queries), int(pool_size), int(seed)
+        self.specs = [OutputSpec.parse(s) for s in specs]
+        self.min_margin, self.noise_factor, self.noise_onnx = (
+            float(min_margin),
+            float(noise_factor),
+            noise_onnx,
+        )
+        self.generator = MarkerGenerator(seed=seed, **generator)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "n_queries": self.n_queries,
+            "pool_size": self.pool_size,
+            "min_margin": self.min_margin,
+            "noise_factor": self.noise_factor,
+            **self.generator.config(),
+        }
+
+    def fingerprint(self, model: nn.Module, data: Dataset) -> Fingerprint:
+        shape = getattr(getattr(model, "config", None), "input_shape", data.input_shape)
+        if tuple(data.input_shape) != tuple(shape):
+            raise NnsealError(f"data shape {data.input_shape} does not match the model's input shape {shape}")
+        rng = np.random.default_rng(self.seed)
+        seed_idx = np.sort(rng.choice(len(data), min(self.pool_size, len(data)), replace=False))
+        markers = self.generator.generate(model, data.x[seed_idx])
+        if len(markers.x) == 0:
+            raise NnsealError("no marker candidate reached a decision frontier; raise eps or pool_size")
+        probs = _probs(model, markers.x)
+        noise = measure_noise(model, markers.x, onnx=self.noise_onnx)
+        margin = max(self.min_margin, self.noise_factor * max(noise.values()))
+        stable = np.flatnonzero(np.min([s.margin(probs) for s in self.specs], axis=0) >= margin)
+        if len(stable) < self.n_queries:
+            raise NnsealError(
+                f"only {len(stable)} of {len(markers.x)} markers clear the noise margin {margin:.2g}; "
+                "raise pool_size or target_margin"
+            )
+        if markers.flips is not None:
+            chosen = stable[manc_select(markers.flips[stable], self.n_queries)]
+        else:
+            chosen = np.sort(rng.choice(stable, self.n_queries, replace=False))
+        return Fingerprint(
+            queries=markers.x[chosen],
+            probabilities=probs[chosen],
+            specs=[str(s) for s in self.specs],
+            model_id=model_id(model),
+            method=self.name,
+            params=self.config(),
+            seeds=markers.seeds[chosen],
+            provenance={
+                "dataset": data.name,
+                "candidates": len(markers.x),
+                "stable_candidates": len(stable),
+                "noise": noise,
+                "noise_margin": margin,
+                "top1_margin": top1_margin(probs[chosen]).tolist(),
+                "flip_rate": None if markers.flips is None else markers.flips[chosen].mean(1).tolist(),
+                "torch": torch.__version__,
+            },
+        )

@@ -1,0 +1,302 @@
+"""Wire formats of serving APIs and the adapters that turn their answers into what ``verify`` compares.
+
+A protocol knows one API's request path, how to encode a batch of inputs as JSON and where the
+answer sits in the response; it returns the raw answer rows. An output adapter then says what those
+rows are (probabilities, logits, ranked label indices or label names) and turns them into the
+probability matrix or ranked labels a :class:`~nnseal.targets.base.Target` provides. Every malformed
+answer raises :class:`~nnseal.errors.TargetError` with a ``kind`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Literal
+from urllib.parse import quote
+
+import numpy as np
+
+from nnseal.errors import TargetError
+from nnseal.targets.base import Provides, softmax
+
+Output = Literal["probabilities", "logits", "labels", "label-names"]
+OUTPUTS: tuple[Output, ...] = ("probabilities", "logits", "labels", "label-names")
+
+
+def _malformed(message: str, kind: str = "wrong-shape") -> TargetError:
+    return TargetError(message, kind)
+
+
+def _rows(value: Any, n: int, what: str) -> np.ndarray:
+    """``value`` as an (n, m) array of numbers or of strings, or a wrong-shape error."""
+    try:
+        a = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        raise _malformed(f"{what} is ragged, not an (n, m) array") from None
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] != n:
+        raise _malformed(f"{what} has shape {a.shape}, expected {n} rows")
+    if a.dtype.kind not in "iufbU":
+        raise _malformed(f"{what} holds {a.dtype} values, not numbers or label names")
+    return a
+
+
+class Protocol(ABC):
+    """One serving API: request path, JSON encoding of a batch, location of the answer."""
+
+    name: str = ""
+    max_batch: int | None = None
+    """Most inputs one request may carry (None: no limit of the protocol itself)."""
+
+    @abstractmethod
+    def path(self) -> str:
+        """Request path relative to the base URL."""
+
+    @abstractmethod
+    def encode(self, x: np.ndarray) -> Any:
+        """The JSON body for a batch ``x`` (N, C, H, W)."""
+
+    @abstractmethod
+    def decode(self, body: Any, n: int) -> np.ndarray:
+        """The answer rows (n, m) — numbers or label names — from a parsed JSON response."""
+
+
+def _version(version: str | None, sep: str) -> str:
+    return f"{sep}{quote(version, safe='')}" if version else ""
+
+
+class V2Protocol(Protocol):
+    """KServe V2 / Open Inference Protocol REST (KServe, Triton, MLServer, Seldon, OpenVINO MS).
+
+    Sends plain V2 JSON: one FP32 tensor named ``input_name``; reads the output named
+    ``output_name`` (default: the first), whose ``shape`` must start with the batch size.
+    """
+
+    name = "v2"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        version: str | None = None,
+        input_name: str = "input",
+        output_name: str | None = None,
+    ) -> None:
+        self.model, self.version, self.input_name, self.output_name = model, version, input_name, output_name
+
+    def path(self) -> str:
+        return f"/v2/models/{quote(self.model, safe='')}{_version(self.version, '/versions/')}/infer"
+
+    def encode(self, x: np.ndarray) -> Any:
+        return {
+            "inputs": [
+                {
+                    "name": self.input_name,
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+
+    def decode(self, body: Any, n: int) -> np.ndarray:
+        outputs = body.get("outputs") if isinstance(body, dict) else None
+        if not isinstance(outputs, list) or not outputs or not all(isinstance(o, dict) for o in outputs):
+            raise _malformed("V2 response has no 'outputs' list", "malformed-response")
+        if self.output_name is None:
+            out = outputs[0]
+        else:
+            named = [o for o in outputs if o.get("name") == self.output_name]
+            if not named:
+                raise _malformed(
+                    f"V2 response has no output named {self.output_name!r}", "malformed-response"
+                )
+            out = named[0]
+        shape, data = out.get("shape"), out.get("data")
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(s, int) and s >= 0 for s in shape)
+            or data is None
+        ):
+            raise _malformed("V2 output lacks a valid 'shape' or 'data'", "malformed-response")
+        try:
+            a = np.asarray(data).reshape(shape)
+        except ValueError:
+            raise _malformed(f"V2 output data does not fit its shape {shape}") from None
+        if a.ndim > 2 and a.shape[0] == n:
+            a = a.reshape(n, -1)
+        return _rows(a, n, "V2 output")
+
+
+class TorchServeProtocol(Protocol):
+    """TorchServe predictions API: one input per request (TorchServe batches on the server side).
+
+    Sends ``{"data": input as nested list}``; the handler's answer is read either as a list of
+    scores or as a ``{label: score}`` mapping (the built-in classifiers' top-k format), which gives
+    label names ranked by score.
+    """
+
+    name = "torchserve"
+    max_batch = 1
+
+    def __init__(self, model: str, *, version: str | None = None) -> None:
+        self.model, self.version = model, version
+
+    def path(self) -> str:
+        return f"/predictions/{quote(self.model, safe='')}{_version(self.version, '/')}"
+
+    def encode(self, x: np.ndarray) -> Any:
+        if len(x) != 1:
+            raise ValueError(f"TorchServe requests carry one input, got {len(x)}")
+        return {"data": x[0].tolist()}
+
+    def decode(self, body: Any, n: int) -> np.ndarray:
+        if isinstance(body, list) and len(body) == 1 and isinstance(body[0], (list, dict)):
+            body = body[0]
+        if isinstance(body, dict):
+            if not body or not all(isinstance(v, (int, float)) for v in body.values()):
+                raise _malformed("TorchServe answer is not a {label: score} mapping", "malformed-response")
+            ranked = sorted(body, key=lambda k: -float(body[k]))
+            return np.asarray([ranked], dtype=str)
+        return _rows([body], n, "TorchServe answer")
+
+
+class TFServingProtocol(Protocol):
+    """TensorFlow Serving REST predict API, row format: ``{"instances": […]}`` → ``{"predictions": […]}``.
+
+    ``layout="nhwc"`` sends channels last, as Keras models expect. A prediction that is a mapping
+    (several named outputs) is read at ``output_name``, or its only key.
+    """
+
+    name = "tfserving"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        version: str | None = None,
+        layout: Literal["nchw", "nhwc"] = "nchw",
+        output_name: str | None = None,
+    ) -> None:
+        if layout not in ("nchw", "nhwc"):
+            raise ValueError(f"layout must be nchw or nhwc, got {layout!r}")
+        self.model, self.version, self.layout, self.output_name = model, version, layout, output_name
+
+    def path(self) -> str:
+        return f"/v1/models/{quote(self.model, safe='')}{_version(self.version, '/versions/')}:predict"
+
+    def encode(self, x: np.ndarray) -> Any:
+        return {"instances": (x.transpose(0, 2, 3, 1) if self.layout == "nhwc" else x).tolist()}
+
+    def decode(self, body: Any, n: int) -> np.ndarray:
+        preds = body.get("predictions") if isinstance(body, dict) else None
+        if not isinstance(preds, list):
+            raise _malformed("TF Serving response has no 'predictions' list", "malformed-response")
+        if preds and all(isinstance(p, dict) for p in preds):
+            key = self.output_name or (next(iter(preds[0])) if len(preds[0]) == 1 else None)
+            if key is None or not all(key in p for p in preds):
+                raise _malformed(
+                    "TF Serving predictions have several outputs; name one", "malformed-response"
+                )
+            preds = [p[key] for p in preds]
+        return _rows(preds, n, "TF Serving predictions")
+
+
+class JsonProtocol(Protocol):
+    """Any JSON API: a request template and the path of the answer in the response.
+
+    ``template`` is a JSON object in which the string ``"$inputs"`` stands for the batch (nested
+    lists, N × C × H × W). ``response_path`` is dot-separated keys and list indexes, with ``*``
+    mapping over a list — e.g. ``result.scores`` or ``predictions.*.probs``.
+    """
+
+    name = "json"
+
+    def __init__(self, path: str, *, template: str | dict[str, Any], response_path: str) -> None:
+        if isinstance(template, str):
+            try:
+                template = json.loads(template)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"request template is not JSON: {e}") from None
+        if "$inputs" not in json.dumps(template):
+            raise ValueError('request template must contain the placeholder "$inputs"')
+        if not response_path.strip():
+            raise ValueError("response path must not be empty")
+        self._path = path if path.startswith("/") or not path else f"/{path}"
+        self.template, self.response_path = template, response_path
+
+    def path(self) -> str:
+        return self._path
+
+    def encode(self, x: np.ndarray) -> Any:
+        inputs = x.tolist()
+
+        def fill(node: Any) -> Any:
+            if node == "$inputs":
+                return inputs
+            if isinstance(node, dict):
+                return {k: fill(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [fill(v) for v in node]
+            return node
+
+        return fill(self.template)
+
+    def decode(self, body: Any, n: int) -> np.ndarray:
+        return _rows(_walk(body, self.response_path.split(".")), n, f"response at {self.response_path!r}")
+
+
+def _walk(node: Any, parts: list[str]) -> Any:
+    """Follow a response path; ``*`` maps the rest of the path over a list."""
+    for i, part in enumerate(parts):
+        if part == "*":
+            if not isinstance(node, list):
+                raise _malformed(
+                    f"response path: '*' needs a list, found {type(node).__name__}", "malformed-response"
+                )
+            return [_walk(item, parts[i + 1 :]) for item in node]
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise _malformed(f"response has nothing at path element {part!r}", "malformed-response")
+    return node
+
+
+class OutputAdapter:
+    """Reads answer rows as ``output``: probabilities, logits (softmaxed here), ranked label indices,
+    or ranked label names mapped to indices through ``class_names``."""
+
+    def __init__(self, output: Output = "probabilities", class_names: Sequence[str] | None = None) -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; expected one of {', '.join(OUTPUTS)}")
+        if output == "label-names" and not class_names:
+            raise ValueError("output label-names needs the class names (in class-index order)")
+        if class_names is not None and len(set(class_names)) != len(class_names):
+            raise ValueError("class names must be unique")
+        self.output = output
+        self.index = {name: i for i, name in enumerate(class_names or ())}
+
+    @property
+    def provides(self) -> Provides:
+        return "probabilities" if self.output in ("probabilities", "logits") else "labels"
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if self.output == "label-names":
+            if rows.dtype.kind != "U":
+                raise _malformed("expected label names, got numbers", "unknown-label")
+            unknown = sorted({str(v) for v in rows.ravel() if str(v) not in self.index})
+            if unknown:
+                raise _malformed(f"unknown label {unknown[0]!r} (not among the class names)", "unknown-label")
+            return np.vectorize(self.index.__getitem__, otypes=[np.int64])(rows)
+        if rows.dtype.kind not in "iuf":
+            raise _malformed(f"expected numbers for output {self.output}, got text", "malformed-response")
+        a = rows.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise _malformed("answer contains NaN or infinite values", "nan")
+        if self.output == "logits":
+            return softmax(a).astype(np.float32)
+        return a.astype(np.float32) if self.output == "probabilities" else a  # verify rejects non-integers

@@ -1,0 +1,113 @@
+"""Periodic verification of a deployed model, with optional Prometheus metrics.
+
+:func:`watch` verifies a fresh target every ``interval`` seconds and yields one JSON-ready record
+per run; it stops after the first *tampered* verdict (a model that was swapped stays swapped, and
+the operator must act) or after ``max_runs``. An *inconclusive* run — server down, malformed
+answers — is reported and watching goes on.
+
+Example::
+
+    for record in watch(fp, lambda: HttpTarget(url, V2Protocol("digits")), interval=300):
+        print(json.dumps(record))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from nnseal.fingerprint import Fingerprint
+from nnseal.targets.base import Target
+from nnseal.verify import Status, Verdict, verify
+
+
+class WatchMetrics:
+    """Prometheus metrics of a watch, served on ``127.0.0.1:port`` (never on other interfaces)."""
+
+    def __init__(self, port: int, addr: str = "127.0.0.1") -> None:
+        from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
+
+        self.registry = CollectorRegistry()
+        self.runs = Counter(
+            "nnseal_watch_runs", "Verifications run, by verdict", ["status"], registry=self.registry
+        )
+        self.verdict = Enum(
+            "nnseal_watch_verdict",
+            "Verdict of the latest verification",
+            states=[s.value for s in Status],
+            registry=self.registry,
+        )
+        self.queries = Counter("nnseal_watch_queries", "Inputs sent to the target", registry=self.registry)
+        self.failed = Counter(
+            "nnseal_watch_failed_queries",
+            "Queries without a valid answer, by cause",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.duration = Gauge(
+            "nnseal_watch_last_duration_seconds",
+            "Wall time of the latest verification",
+            registry=self.registry,
+        )
+        self.last = Gauge(
+            "nnseal_watch_last_run_timestamp_seconds",
+            "Unix time the latest verification ended",
+            registry=self.registry,
+        )
+        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+
+    def record(self, verdict: Verdict, seconds: float) -> None:
+        self.runs.labels(verdict.status.value).inc()
+        self.verdict.state(verdict.status.value)
+        self.queries.inc(verdict.queries_used)
+        for kind, n in verdict.problems.items():
+            self.failed.labels(kind).inc(n)
+        self.duration.set(seconds)
+        self.last.set_to_current_time()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def watch(
+    fingerprint: Fingerprint,
+    make_target: Callable[[], Target],
+    spec: str | None = None,
+    *,
+    interval: float = 60.0,
+    max_runs: int | None = None,
+    metrics: WatchMetrics | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    **verify_kwargs: Any,
+) -> Iterator[dict[str, Any]]:
+    """Yield ``{"run", "time", "duration_s", **verdict}`` per verification, ``interval`` seconds
+    apart (start to start); stop after a *tampered* verdict or ``max_runs`` runs.
+
+    ``make_target`` builds a fresh target per run, so each run's query count and budget stand alone.
+    ``verify_kwargs`` go to :func:`~nnseal.verify.verify` (budget, batch_size …).
+    """
+    if interval < 0:
+        raise ValueError(f"interval must be >= 0, got {interval}")
+    if max_runs is not None and max_runs < 1:
+        raise ValueError(f"max_runs must be >= 1, got {max_runs}")
+    run = 0
+    while max_runs is None or run < max_runs:
+        run += 1
+        start = time.monotonic()
+        target = make_target()
+        try:
+            verdict = verify(fingerprint, target, spec, **verify_kwargs)
+        finally:
+            target.close()
+        seconds = time.monotonic() - start
+        if metrics is not None:
+            metrics.record(verdict, seconds)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        yield {"run": run, "time": now, "duration_s": round(seconds, 3), **verdict.to_dict()}
+        if verdict.status is Status.TAMPERED:
+            return
+        if max_runs is None or run < max_runs:
+            sleep(max(0.0, interval - (time.monotonic() - start)))

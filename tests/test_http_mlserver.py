@@ -1,0 +1,112 @@
+"""Integration with a real inference server: MLServer 1.7.1 (V2 protocol) on 127.0.0.1 serving the
+exported ONNX model and an ONNX Runtime int8 copy through nnseal's custom runtime.
+
+MLServer lives in ``.venv-mlserver`` (``scripts/setup-mlserver.sh``). Without it these tests skip,
+unless ``NNSEAL_REQUIRE_MLSERVER=1`` (set by CI), which turns a missing server into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nnseal._mlserver import MLServer, mlserver_executable
+from nnseal.attacks import run_attack
+from nnseal.cli import main
+from nnseal.models import export_onnx
+from nnseal.targets import HttpTarget, OnnxTarget, Target, V2Protocol
+from nnseal.verify import Status, verify
+
+SPEC = "top1-p4"  # the int8 copy keeps every top-1 label of this fingerprint; its probabilities move
+
+
+@pytest.fixture(scope="module")
+def onnx_models(model, tmp_path_factory) -> dict[str, str]:
+    if mlserver_executable() is None:
+        message = "MLServer venv missing: run scripts/setup-mlserver.sh"
+        if os.environ.get("NNSEAL_REQUIRE_MLSERVER") == "1":
+            pytest.fail(f"NNSEAL_REQUIRE_MLSERVER=1 but {message}")
+        pytest.skip(message)
+    d = tmp_path_factory.mktemp("onnx")
+    intact = export_onnx(model, d / "intact.onnx", model.config.input_shape)
+    tampered = run_attack("onnx-quantize", model, {"mode": "dynamic"}, workdir=d / "work").save(
+        d / "int8.onnx"
+    )
+    return {"intact": str(intact), "tampered": str(tampered)}
+
+
+@pytest.fixture(scope="module")
+def mlserver(onnx_models, tmp_path_factory):
+    with MLServer(onnx_models, tmp_path_factory.mktemp("mlserver")) as server:
+        print(f"\nMLServer ready in {server.startup_s:.1f} s")
+        yield server
+
+
+def _target(server: MLServer, name: str, **kw) -> HttpTarget:
+    return HttpTarget(server.url, V2Protocol(name), output="logits", max_batch_size=8, **kw)
+
+
+def test_served_models_answer_like_onnx_runtime(mlserver, onnx_models, fingerprint) -> None:
+    for name, path in onnx_models.items():
+        remote = _target(mlserver, name).predict(fingerprint.queries)
+        # same batches: int8 dynamic quantization scales activations per batch, so answers depend on it
+        assert np.array_equal(remote, OnnxTarget(path, batch_size=8).predict(fingerprint.queries)), name
+
+
+def test_intact_model_served_is_intact(mlserver, fingerprint, tmp_path) -> None:
+    v = verify(fingerprint, _target(mlserver, "intact", concurrency=2), SPEC)
+    assert v.status is Status.INTACT and v.queries_used == len(fingerprint), v.reason
+    assert v.target_stats["requests"] == 3
+    fingerprint.save(tmp_path / "fp.nnseal")
+    args = ["verify", str(tmp_path / "fp.nnseal"), "--url", mlserver.url, "--protocol", "v2"]
+    r = CliRunner().invoke(
+        main, [*args, "--model-name", "intact", "--output", "logits", "--spec", SPEC, "--json"]
+    )
+    assert r.exit_code == 0 and json.loads(r.output)["status"] == "intact", r.output
+
+
+def test_tampered_model_served_is_tampered(mlserver, onnx_models, fingerprint) -> None:
+    assert verify(fingerprint, OnnxTarget(onnx_models["tampered"]), SPEC).status is Status.TAMPERED
+    v = verify(fingerprint, _target(mlserver, "tampered"), SPEC)
+    assert v.status is Status.TAMPERED and v.mismatches, v.reason
+
+
+class _StopServerAfter(Target):
+    """Forwards to ``inner`` and kills the server once ``calls`` batches were answered."""
+
+    def __init__(self, inner: HttpTarget, server: MLServer, calls: int) -> None:
+        super().__init__()
+        self.inner, self.server, self.calls = inner, server, calls
+        self.provides = inner.provides
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return self.inner.predict(x)
+        finally:
+            self.calls -= 1
+            if self.calls == 0:
+                self.server.kill()
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def stats(self) -> dict[str, int]:
+        return self.inner.stats()
+
+
+def test_server_stopped_mid_run_is_inconclusive(onnx_models, fingerprint, tmp_path) -> None:
+    with MLServer({"intact": onnx_models["intact"]}, tmp_path) as server:
+        t = time.perf_counter()
+        inner = _target(server, "intact", retries=2, backoff=0.01)
+        v = verify(fingerprint, _StopServerAfter(inner, server, calls=2), SPEC, batch_size=5)
+        seconds = time.perf_counter() - t
+    assert server.proc is not None and server.proc.poll() is not None
+    assert v.status is Status.INCONCLUSIVE, v.reason
+    assert v.answered == 10 and v.failed == list(range(10, 20)) and v.problems == {"connection": 10}
+    assert v.target_stats["inputs_sent"] == 10 + 2 * 3 * 5  # two failed batches, three attempts each
+    assert seconds < 10
