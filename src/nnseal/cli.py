@@ -10,12 +10,15 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from nnseal._http_cli import http_options
 from nnseal.errors import NnsealError
+
+if TYPE_CHECKING:
+    from nnseal.fingerprint import Fingerprint
 
 INPUT_ERROR = 2
 
@@ -48,6 +51,29 @@ _hmac = click.option(
     type=click.Path(path_type=Path),
     help="HMAC-SHA256 key file (default: the NNSEAL_HMAC_KEY environment variable).",
 )
+
+
+def _signature_check(fn: Any) -> Any:
+    """--hmac-key-file, --public-key and --require-signature: how a signed file is checked on load."""
+    fn = click.option("--require-signature", is_flag=True, help="Refuse files that are not signed.")(fn)
+    fn = click.option(
+        "--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with."
+    )(fn)
+    return _hmac(fn)
+
+
+def _load_signed(
+    path: Path, hmac_key_file: Path | None, public_key: Path | None, require_signature: bool
+) -> Fingerprint:
+    """A fingerprint or watermark key, its signature checked as the ``_signature_check`` options say."""
+    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
+
+    return Fingerprint.load(
+        path,
+        hmac_key=hmac_key_from(file=hmac_key_file),
+        ed25519_public_key=load_public_key(public_key) if public_key else None,
+        require_signature=require_signature,
+    )
 
 
 @main.command()
@@ -257,9 +283,7 @@ def fingerprint(
 @click.option("--budget", type=int, help="Most queries to send (fewer than the fingerprint → inconclusive).")
 @click.option("--stop-early", is_flag=True, help="Stop at the first mismatch.")
 @click.option("--batch-size", default=64, show_default=True)
-@_hmac
-@click.option("--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with.")
-@click.option("--require-signature", is_flag=True, help="Refuse fingerprints that are not signed.")
+@_signature_check
 @_json
 @http_options
 def verify_cmd(
@@ -281,15 +305,9 @@ def verify_cmd(
     Exit code: 0 intact, 1 tampered, 3 inconclusive, 2 bad input.
     """
     from nnseal._http_cli import open_cli_target
-    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
     from nnseal.verify import verify
 
-    fp = Fingerprint.load(
-        fingerprint_file,
-        hmac_key=hmac_key_from(file=hmac_key_file),
-        ed25519_public_key=load_public_key(public_key) if public_key else None,
-        require_signature=require_signature,
-    )
+    fp = _load_signed(fingerprint_file, hmac_key_file, public_key, require_signature)
     tgt, batch_size = open_cli_target(fp, target, http, batch_size)
     try:
         verdict = verify(
@@ -315,9 +333,7 @@ def verify_cmd(
 @click.option("--spec", help="Output spec to compare (default: the fingerprint's first).")
 @click.option("--budget", type=int, help="Most fingerprint queries per run (fewer → inconclusive).")
 @click.option("--batch-size", default=64, show_default=True)
-@_hmac
-@click.option("--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with.")
-@click.option("--require-signature", is_flag=True, help="Refuse fingerprints that are not signed.")
+@_signature_check
 @http_options
 def watch(
     fingerprint_file: Path,
@@ -338,18 +354,12 @@ def watch(
     3 if any run was inconclusive, else 0; 2 bad input.
     """
     from nnseal._http_cli import remote_target_factory
-    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
     from nnseal.watch import WatchMetrics
     from nnseal.watch import watch as run_watch
 
     if not http["url"]:
         raise NnsealError("watch needs --url")
-    fp = Fingerprint.load(
-        fingerprint_file,
-        hmac_key=hmac_key_from(file=hmac_key_file),
-        ed25519_public_key=load_public_key(public_key) if public_key else None,
-        require_signature=require_signature,
-    )
+    fp = _load_signed(fingerprint_file, hmac_key_file, public_key, require_signature)
     make = remote_target_factory(fp, http)
     metrics = WatchMetrics(metrics_port) if metrics_port is not None else None
     statuses: set[str] = set()
@@ -458,9 +468,7 @@ def watermark_embed(
     "instead of the paper's 1/2.",
 )
 @click.option("--batch-size", default=64, show_default=True)
-@_hmac
-@click.option("--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with.")
-@click.option("--require-signature", is_flag=True, help="Refuse keys that are not signed.")
+@_signature_check
 @_json
 def watermark_verify(
     key_file: Path,
@@ -479,16 +487,10 @@ def watermark_verify(
 
     Exit code: 0 watermarked, 1 not watermarked, 3 inconclusive, 2 bad input.
     """
-    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
     from nnseal.targets import open_target
     from nnseal.watermark import PAPER_NULL, NullModel, verify_watermark
 
-    key = Fingerprint.load(
-        key_file,
-        hmac_key=hmac_key_from(file=hmac_key_file),
-        ed25519_public_key=load_public_key(public_key) if public_key else None,
-        require_signature=require_signature,
-    )
+    key = _load_signed(key_file, hmac_key_file, public_key, require_signature)
     null = PAPER_NULL
     if null_models:
         accs = [verify_watermark(key, open_target(p), alpha=alpha).key_accuracy for p in null_models]
