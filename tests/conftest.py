@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -13,6 +15,16 @@ from nnseal.models import Classifier, train_model
 torch.set_num_threads(2)
 
 FP_SPECS = ("top1", "top3", "top1-p2", "top1-p4")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _key_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep every test's signing keys out of the real home folder, and no HMAC key from outside."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("NNSEAL_HOME", str(tmp_path_factory.mktemp("nnseal-home")))
+    patch.delenv("NNSEAL_HMAC_KEY", raising=False)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

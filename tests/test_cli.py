@@ -82,7 +82,7 @@ def test_wrong_key_is_one_line_error(files) -> None:
         ["verify", str(files["fp"]), str(files["model"]), "--hmac-key-file", str(files["dir"] / "other.key")],
     )
     assert r.exit_code == 2
-    assert r.stderr.strip().count("\n") == 0 and "HMAC signature does not match" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "not by a trusted key" in r.stderr
     assert "Traceback" not in r.output
 
 
@@ -106,43 +106,61 @@ def test_bad_target_and_bad_arguments(files) -> None:
     assert not (files["dir"] / "x.nnseal").exists()
 
 
-def test_require_signature_and_ed25519(files, tmp_path) -> None:
+def _fingerprint(files, out: Path, *extra: str):
+    args = ["fingerprint", str(files["model"]), "--out", str(out), "-n", "4", "--bag", "20", "--steps", "50"]
+    return CliRunner().invoke(main, [*args, *extra])
+
+
+def test_unsigned_fingerprint_needs_allow_unsigned(files, tmp_path) -> None:
+    assert _fingerprint(files, tmp_path / "u.nnseal", "--no-sign").exit_code == 0
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "u.nnseal"), str(files["model"])])
+    assert r.exit_code == 2 and "not signed" in r.stderr and "--allow-unsigned" in r.stderr
+    r = CliRunner().invoke(
+        main, ["verify", str(tmp_path / "u.nnseal"), str(files["model"]), "--allow-unsigned"]
+    )
+    assert r.exit_code == 0 and "signature NOT verified" in r.stdout
+    r = CliRunner().invoke(
+        main, ["verify", str(tmp_path / "u.nnseal"), str(files["model"]), "--allow-unsigned", "--json"]
+    )
+    assert json.loads(r.stdout)["signature"]["verified"] is False
+
+
+def test_default_flow_signs_with_own_key_and_verifies_with_no_flags(files, tmp_path) -> None:
+    from nnseal.signing import default_signing_key, key_id
+
+    r = _fingerprint(files, tmp_path / "d.nnseal", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["signed"] == ["ed25519"]
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "d.nnseal"), str(files["onnx"]), "--json"])
+    assert r.exit_code == 0, r.output
+    own = key_id(default_signing_key()[0].public_key())
+    assert json.loads(r.stdout)["signature"] == {
+        "scheme": "ed25519", "verified": True, "key_id": own, "note": ""
+    }  # fmt: skip
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "d.nnseal"), str(files["onnx"])])
+    assert f"ed25519 signature verified (key {own})" in r.stdout
+
+
+def test_explicit_keys_and_keygen(files, tmp_path) -> None:
     runner = CliRunner()
-    r = runner.invoke(main, ["verify", str(files["fp"]), str(files["model"]), "--require-signature"])
-    assert r.exit_code == 2 and "signature is required" in r.stderr
     assert runner.invoke(main, ["keygen", str(tmp_path / "k.pem"), str(tmp_path / "k.pub")]).exit_code == 0
     r = runner.invoke(main, ["keygen", str(tmp_path / "k.pem"), str(tmp_path / "k2.pub")])
     assert r.exit_code == 2 and "refusing to overwrite" in r.stderr
-    r = runner.invoke(
-        main,
-        [
-            "fingerprint",
-            str(files["model"]),
-            "--out",
-            str(tmp_path / "s.nnseal"),
-            "-n",
-            "4",
-            "--bag",
-            "20",
-            "--steps",
-            "50",
-            "--sign-key",
-            str(tmp_path / "k.pem"),
-        ],
-    )
+    r = _fingerprint(files, tmp_path / "s.nnseal", "--sign-key", str(tmp_path / "k.pem"))
     assert r.exit_code == 0, r.output
     r = runner.invoke(
         main,
-        [
-            "verify",
-            str(tmp_path / "s.nnseal"),
-            str(files["onnx"]),
-            "--public-key",
-            str(tmp_path / "k.pub"),
-            "--require-signature",
-        ],
+        ["verify", str(tmp_path / "s.nnseal"), str(files["onnx"]), "--public-key", str(tmp_path / "k.pub")],
     )
     assert r.exit_code == 0, r.output
+    r = runner.invoke(  # an HMAC key given means an HMAC signature by it is required
+        main, ["verify", str(tmp_path / "s.nnseal"), str(files["onnx"]), "--hmac-key-file", str(files["key"])]
+    )
+    assert r.exit_code == 2 and "not by a trusted key" in r.stderr
+    r = runner.invoke(
+        main, ["fingerprint", str(files["model"]), "--out", "x", "--no-sign", "--sign-key", "k"]
+    )
+    assert r.exit_code == 2 and "contradicts" in r.stderr
 
 
 def test_inspect(files) -> None:

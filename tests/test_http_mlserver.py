@@ -20,6 +20,7 @@ from nnseal.attacks import run_attack
 from nnseal.cli import main
 from nnseal.models import export_onnx
 from nnseal.targets import HttpTarget, OnnxTarget, Target, V2Protocol
+from nnseal.signing import default_signing_key
 from nnseal.verify import Status, verify
 
 SPEC = "top1-p4"  # the int8 copy keeps every top-1 label of this fingerprint; its probabilities move
@@ -62,7 +63,7 @@ def test_intact_model_served_is_intact(mlserver, fingerprint, tmp_path) -> None:
     v = verify(fingerprint, _target(mlserver, "intact", concurrency=2), SPEC)
     assert v.status is Status.INTACT and v.queries_used == len(fingerprint), v.reason
     assert v.target_stats["requests"] == 3
-    fingerprint.save(tmp_path / "fp.nnseal")
+    fingerprint.save(tmp_path / "fp.nnseal", ed25519_key=default_signing_key()[0])
     args = ["verify", str(tmp_path / "fp.nnseal"), "--url", mlserver.url, "--protocol", "v2"]
     r = CliRunner().invoke(
         main, [*args, "--model-name", "intact", "--output", "logits", "--spec", SPEC, "--json"]

@@ -156,7 +156,8 @@ def test_a_key_too_short_for_alpha_is_refused(marked) -> None:
 def test_key_round_trips_signed_and_corruption_is_a_clear_error(marked, tmp_path) -> None:
     wm, key, _ = marked
     path = key.save(tmp_path / "k.nnseal", hmac_key=b"owner")
-    loaded = Fingerprint.load(path, hmac_key=b"owner", require_signature=True)
+    loaded = Fingerprint.load(path, hmac_key=b"owner")
+    assert loaded.signature.verified
     np.testing.assert_array_equal(loaded.labels, key.labels)
     assert loaded.method == METHOD and loaded.provenance == key.provenance
     assert verify_watermark(loaded, TorchTarget(wm)).status is Ownership.WATERMARKED
@@ -164,11 +165,11 @@ def test_key_round_trips_signed_and_corruption_is_a_clear_error(marked, tmp_path
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0xFF  # a byte of the last stored tensor
     (tmp_path / "edited.nnseal").write_bytes(raw)
-    with pytest.raises(FingerprintError, match="HMAC signature does not match"):
+    with pytest.raises(FingerprintError, match="edited after signing"):
         Fingerprint.load(tmp_path / "edited.nnseal", hmac_key=b"owner")
     (tmp_path / "cut.nnseal").write_bytes(path.read_bytes()[:100])
     with pytest.raises(FingerprintError, match=r"truncated or not a fingerprint|corrupt") as e:
-        Fingerprint.load(tmp_path / "cut.nnseal")
+        Fingerprint.load(tmp_path / "cut.nnseal", hmac_key=b"owner")
     assert "\n" not in str(e.value)
     tamper_fp = Fingerprint(key.queries, key.probabilities, ["top1"], key.model_id, "sensitive-sample")
     with pytest.raises(NnsealError, match="not a frontier-stitching watermark key"):
@@ -205,7 +206,7 @@ def test_cli_embed_then_verify_round_trip_with_exit_codes(model, other, digits, 
 
     def verify(target, *extra):
         return runner.invoke(main, ["watermark", "verify", str(tmp_path / "k.nnseal"), str(target), *hmac,
-                                    "--require-signature", *extra])  # fmt: skip
+                                    *extra])  # fmt: skip
 
     yes = verify(tmp_path / "wm.safetensors", "--json", "--sequential")
     assert yes.exit_code == EXIT_CODES[Ownership.WATERMARKED] == 0, yes.output

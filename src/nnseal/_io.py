@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash or error never leaves a half-written file behind."""
+"""Atomic file writes, and defensive parsing of JSON that may come from an adversary.
+
+Files the verifier reads (fingerprints, model files) and every HTTP answer may be hostile: parsing
+is bounded in size and nesting depth, and every failure is a ``ValueError`` naming the problem, so
+no input can crash the caller with a ``RecursionError`` or exhaust its memory.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting accepted in any JSON nnseal reads (its own files nest 4 deep at most)."""
 
 
 def _default_mode() -> int:
@@ -39,18 +48,49 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def safetensors_metadata(raw: bytes) -> dict[str, str]:
+def parse_json(
+    data: str | bytes, *, max_bytes: int, max_depth: int = MAX_JSON_DEPTH, what: str = "JSON"
+) -> Any:
+    """``json.loads`` bounded in size and nesting; ``ValueError`` (naming ``what``) on any failure."""
+    if len(data) > max_bytes:
+        raise ValueError(f"{what} is {len(data)} bytes, more than the {max_bytes} accepted")
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{what} is nested more than {max_depth} deep") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, over-long integers, bad UTF-8
+        raise ValueError(f"{what} is not valid JSON ({str(e)[:80]})") from None
+    if json_depth(value) > max_depth:
+        raise ValueError(f"{what} is nested more than {max_depth} deep")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d + 1)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+SAFETENSORS_MAX_HEADER = 16 << 20
+"""Largest safetensors header accepted (nnseal's own are a few kB; a model's lineage can grow)."""
+
+
+def safetensors_metadata(raw: bytes, max_header: int = SAFETENSORS_MAX_HEADER) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file's bytes; ValueError says what is wrong."""
     if len(raw) < 8:
         raise ValueError(f"truncated ({len(raw)} bytes)")
     n = int.from_bytes(raw[:8], "little")
     if n > len(raw) - 8:
         raise ValueError("truncated (header runs past end of file)")
-    try:
-        header = json.loads(raw[8 : 8 + n])
-        meta = header.get("__metadata__") or {}
-    except (ValueError, AttributeError):
-        raise ValueError("bad header, not a safetensors file") from None
+    header = parse_json(raw[8 : 8 + n], max_bytes=max_header, max_depth=4, what="safetensors header")
+    if not isinstance(header, dict):
+        raise ValueError("bad header, not a safetensors file")
+    meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise ValueError("bad metadata, not a safetensors file")
     return meta

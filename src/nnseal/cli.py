@@ -1,14 +1,20 @@
 """The ``nnseal`` command line: a thin layer that parses, calls the library and prints.
 
-Exit codes: 0 intact / success, 1 tampered, 3 inconclusive, 2 bad input or usage
-(``watermark verify``: 0 watermarked, 1 not watermarked, 3 inconclusive).
+Exit codes: 0 intact / success, 1 tampered, 3 inconclusive (``watermark verify``: 0 watermarked,
+1 not watermarked, 3 inconclusive) — each only ever from a decision. 2: bad input or usage, one line
+on stderr. 4: an internal error (one line; ``--debug`` shows the traceback). 130 / 143: interrupted
+by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import tempfile
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,23 +25,77 @@ from nnseal.errors import NnsealError
 
 if TYPE_CHECKING:
     from nnseal.fingerprint import Fingerprint
+    from nnseal.signing import SigningKeys
 
 INPUT_ERROR = 2
+INTERNAL_ERROR = 4
+DEBUG_ENV = "NNSEAL_DEBUG"
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: stop now, exit 128 + the signal's number, saying what was done."""
+
+    def __init__(self, signum: int, summary: str = "stopped, no verdict") -> None:
+        super().__init__(summary)
+        self.signum, self.summary = signum, summary
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 class _Group(click.Group):
-    """Turns every user-caused error into one line on stderr and exit code 2 — never a traceback."""
+    """Maps every way a command can end to its documented exit code: a decision's own code, 2 for
+    user-caused errors, 4 for anything unexpected, 128 + N for signals — never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def main(self, args: Sequence[str] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.pop("standalone_mode", None)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
-            return super().invoke(ctx)
+            code = super().main(args, standalone_mode=False, **kwargs)
+        except click.ClickException as e:  # usage errors; click gives some of them exit code 1
+            e.show()
+            code = INPUT_ERROR
         except (NnsealError, ValueError, OSError) as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(INPUT_ERROR)
+            click.echo(f"error: {_one_line(e)}", err=True)
+            code = INPUT_ERROR
+        except (KeyboardInterrupt, click.exceptions.Abort, Interrupted) as e:
+            stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            click.echo(f"interrupted ({signal.Signals(stop.signum).name}): {stop.summary}", err=True)
+            code = 128 + stop.signum
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV):
+                traceback.print_exc()
+            click.echo(
+                f"internal error ({type(e).__name__}: {_one_line(e)}); please report it "
+                f"(--debug shows the traceback)",
+                err=True,
+            )
+            code = INTERNAL_ERROR
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:400] + ("…" if len(text) > 400 else "")
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nnseal")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_debug,
+    help="Show tracebacks of internal errors.",
+)
 def main() -> None:
     """Black-box tamper detection for neural-network classifiers."""
 
@@ -54,26 +114,68 @@ _hmac = click.option(
 
 
 def _signature_check(fn: Any) -> Any:
-    """--hmac-key-file, --public-key and --require-signature: how a signed file is checked on load."""
-    fn = click.option("--require-signature", is_flag=True, help="Refuse files that are not signed.")(fn)
+    """--hmac-key-file, --public-key and --allow-unsigned: how a signed file is checked on load."""
     fn = click.option(
-        "--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM) to check with."
+        "--allow-unsigned",
+        is_flag=True,
+        help="Accept a file no trusted key signed (the verdict then says so). Unsafe: whoever edits it "
+        "decides the verdict.",
+    )(fn)
+    fn = click.option(
+        "--public-key",
+        "public_keys",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="Ed25519 public key (PEM) to trust (repeatable; default: your key folder's keys).",
     )(fn)
     return _hmac(fn)
 
 
 def _load_signed(
-    path: Path, hmac_key_file: Path | None, public_key: Path | None, require_signature: bool
+    path: Path, hmac_key_file: Path | None, public_keys: Sequence[Path], allow_unsigned: bool
 ) -> Fingerprint:
     """A fingerprint or watermark key, its signature checked as the ``_signature_check`` options say."""
-    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_public_key
+    from nnseal.fingerprint import Fingerprint
+    from nnseal.signing import hmac_key_from, load_public_key
 
     return Fingerprint.load(
         path,
         hmac_key=hmac_key_from(file=hmac_key_file),
-        ed25519_public_key=load_public_key(public_key) if public_key else None,
-        require_signature=require_signature,
+        public_keys=[load_public_key(p) for p in public_keys],
+        allow_unsigned=allow_unsigned,
     )
+
+
+def _signing(fn: Any) -> Any:
+    """--hmac-key-file, --sign-key and --no-sign: what a written fingerprint or key is signed with."""
+    fn = click.option("--no-sign", is_flag=True, help="Write the file unsigned (verifiers will refuse it).")(
+        fn
+    )
+    fn = click.option(
+        "--sign-key",
+        type=click.Path(path_type=Path),
+        help="Ed25519 private key (PEM) to sign with (default: your own, created on first use).",
+    )(fn)
+    return _hmac(fn)
+
+
+def _signing_keys(hmac_key_file: Path | None, sign_key: Path | None, no_sign: bool) -> SigningKeys:
+    """The keys given, else the user's own Ed25519 key (announcing it when just created)."""
+    from nnseal.signing import SigningKeys, default_signing_key, hmac_key_from, key_dir, load_private_key
+
+    hmac_key = hmac_key_from(file=hmac_key_file)
+    if no_sign:
+        if hmac_key_file or sign_key:
+            raise NnsealError("--no-sign contradicts --hmac-key-file / --sign-key")
+        return SigningKeys()
+    if hmac_key is not None or sign_key is not None:
+        return SigningKeys(hmac_key, load_private_key(sign_key) if sign_key else None)
+    key, created = default_signing_key()
+    if created:
+        click.echo(
+            f"created your signing key in {key_dir()} (share signing-key.pub with verifiers)", err=True
+        )
+    return SigningKeys(None, key)
 
 
 @main.command()
@@ -189,8 +291,7 @@ def export_cmd(model: Path, out: Path) -> None:
 @click.option("--min-margin", default=2e-5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fingerprint file to write.")
-@_hmac
-@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign with.")
+@_signing
 @_json
 def fingerprint(
     model: Path,
@@ -216,18 +317,17 @@ def fingerprint(
     out: Path,
     hmac_key_file: Path | None,
     sign_key: Path | None,
+    no_sign: bool,
     as_json: bool,
 ) -> None:
     """Make a fingerprint of MODEL: Sensitive-Sample (SSF) or TamperNN boundary markers."""
     from nnseal.data import load_dataset
-    from nnseal.fingerprint import hmac_key_from, load_private_key
     from nnseal.methods import MarkerFingerprinter, SensitiveSampleFingerprinter
     from nnseal.models import load_model
 
+    keys = _signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
     data = load_dataset(dataset, root, split)
-    hmac_key = hmac_key_from(file=hmac_key_file)
-    private = load_private_key(sign_key) if sign_key else None
     fingerprinter: MarkerFingerprinter | SensitiveSampleFingerprinter
     if method == "markers":
         fingerprinter = MarkerFingerprinter(
@@ -259,8 +359,8 @@ def fingerprint(
             progress=not as_json,
         )
     fp = fingerprinter.fingerprint(m, data)
-    fp.save(out, hmac_key=hmac_key, ed25519_key=private)
-    signed = [s for s, k in (("hmac-sha256", hmac_key), ("ed25519", private)) if k is not None]
+    fp.save(out, hmac_key=keys.hmac_key, ed25519_key=keys.ed25519)
+    signed = keys.schemes
     info = {
         "fingerprint": str(out),
         "n_queries": len(fp),
@@ -294,8 +394,8 @@ def verify_cmd(
     stop_early: bool,
     batch_size: int,
     hmac_key_file: Path | None,
-    public_key: Path | None,
-    require_signature: bool,
+    public_keys: tuple[Path, ...],
+    allow_unsigned: bool,
     as_json: bool,
     **http: Any,
 ) -> None:
@@ -307,7 +407,7 @@ def verify_cmd(
     from nnseal._http_cli import open_cli_target
     from nnseal.verify import verify
 
-    fp = _load_signed(fingerprint_file, hmac_key_file, public_key, require_signature)
+    fp = _load_signed(fingerprint_file, hmac_key_file, public_keys, allow_unsigned)
     tgt, batch_size = open_cli_target(fp, target, http, batch_size)
     try:
         verdict = verify(
@@ -317,7 +417,7 @@ def verify_cmd(
         tgt.close()
     text = (
         f"{verdict.status.value.upper()}: {verdict.reason} (spec {verdict.spec}, "
-        f"{verdict.queries_used} queries)"
+        f"{verdict.queries_used} queries)\n{fp.signature}"
     )
     if verdict.mismatches:
         text += f"\nmismatching queries: {verdict.mismatches}"
@@ -344,8 +444,8 @@ def watch(
     budget: int | None,
     batch_size: int,
     hmac_key_file: Path | None,
-    public_key: Path | None,
-    require_signature: bool,
+    public_keys: tuple[Path, ...],
+    allow_unsigned: bool,
     **http: Any,
 ) -> None:
     """Verify the prediction API at --url against FINGERPRINT every --interval seconds.
@@ -359,10 +459,10 @@ def watch(
 
     if not http["url"]:
         raise NnsealError("watch needs --url")
-    fp = _load_signed(fingerprint_file, hmac_key_file, public_key, require_signature)
+    fp = _load_signed(fingerprint_file, hmac_key_file, public_keys, allow_unsigned)
     make = remote_target_factory(fp, http)
     metrics = WatchMetrics(metrics_port) if metrics_port is not None else None
-    statuses: set[str] = set()
+    statuses: list[str] = []
     try:
         for record in run_watch(
             fp,
@@ -375,7 +475,11 @@ def watch(
             batch_size=len(fp) if http["stealth"] else batch_size,
         ):
             click.echo(json.dumps(record))
-            statuses.add(record["status"])
+            statuses.append(record["status"])
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        counts = ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses))) or "none finished"
+        raise Interrupted(signum, f"watch stopped after {len(statuses)} runs ({counts})") from None
     finally:
         if metrics is not None:
             metrics.close()
@@ -402,8 +506,7 @@ def watermark() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Watermarked model to write.")
 @click.option("--key", "key_out", type=click.Path(path_type=Path), required=True, help="Key file to write.")
-@_hmac
-@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) to sign with.")
+@_signing
 @_json
 def watermark_embed(
     model: Path,
@@ -419,17 +522,17 @@ def watermark_embed(
     key_out: Path,
     hmac_key_file: Path | None,
     sign_key: Path | None,
+    no_sign: bool,
     as_json: bool,
 ) -> None:
     """Watermark MODEL; write the watermarked copy (with its lineage) and the signed key."""
     from nnseal.attacks import run_attack
     from nnseal.attacks.watermarking import KEY_FILE
     from nnseal.data import load_dataset
-    from nnseal.fingerprint import Fingerprint, hmac_key_from, load_private_key
+    from nnseal.fingerprint import Fingerprint
     from nnseal.models import load_model
 
-    hmac_key = hmac_key_from(file=hmac_key_file)
-    private = load_private_key(sign_key) if sign_key else None
+    keys = _signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
     train, test = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
     params = {"key_size": key_size, "eps": eps, "boost": boost, "epochs": epochs, "lr": lr}
@@ -437,11 +540,11 @@ def watermark_embed(
         result = run_attack(
             "watermark", m, params, train=train, test=test, seed=seed, workdir=work, progress=not as_json
         )
-        key = Fingerprint.load(Path(work) / KEY_FILE)
-    key.save(key_out, hmac_key=hmac_key, ed25519_key=private)
+        key = Fingerprint.load(Path(work) / KEY_FILE, allow_unsigned=True)  # just written by us
+    key.save(key_out, hmac_key=keys.hmac_key, ed25519_key=keys.ed25519)
     result.save(out)
     r = result.record["metrics"]
-    signed = [s for s, k in (("hmac-sha256", hmac_key), ("ed25519", private)) if k is not None]
+    signed = keys.schemes
     info = {"model": str(out), "key": str(key_out), "signed": signed, "model_id": key.model_id, **r}
     text = (
         f"wrote {out} and {key_out} (signed: {', '.join(signed) or 'no'}): key accuracy "
@@ -479,8 +582,8 @@ def watermark_verify(
     null_models: tuple[Path, ...],
     batch_size: int,
     hmac_key_file: Path | None,
-    public_key: Path | None,
-    require_signature: bool,
+    public_keys: tuple[Path, ...],
+    allow_unsigned: bool,
     as_json: bool,
 ) -> None:
     """Is TARGET (an nnseal model file or an .onnx file) watermarked with KEY?
@@ -490,7 +593,7 @@ def watermark_verify(
     from nnseal.targets import open_target
     from nnseal.watermark import PAPER_NULL, NullModel, verify_watermark
 
-    key = _load_signed(key_file, hmac_key_file, public_key, require_signature)
+    key = _load_signed(key_file, hmac_key_file, public_keys, allow_unsigned)
     null = PAPER_NULL
     if null_models:
         accs = [verify_watermark(key, open_target(p), alpha=alpha).key_accuracy for p in null_models]
@@ -503,6 +606,7 @@ def watermark_verify(
     text = (
         f"{v.status.value.upper()}: {v.reason} (p={v.p_value:.3g}, key accuracy {acc}, "
         f"{v.queries_used} of {v.key_size} queries, null {v.null['kind']} p={v.null['p']:.3f})"
+        f"\n{key.signature}"
     )
     _emit(v.to_dict(), as_json, text)
     sys.exit(v.exit_code)
@@ -591,16 +695,25 @@ def evaluate(config: Path, out: Path | None, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("private", type=click.Path(path_type=Path))
-@click.argument("public", type=click.Path(path_type=Path))
-def keygen(private: Path, public: Path) -> None:
-    """Write a new Ed25519 key pair (PEM) for signing fingerprints."""
-    from nnseal.fingerprint import generate_keypair
+@click.argument("private", type=click.Path(path_type=Path), required=False)
+@click.argument("public", type=click.Path(path_type=Path), required=False)
+def keygen(private: Path | None, public: Path | None) -> None:
+    """Write a new Ed25519 key pair (PEM) for signing fingerprints.
 
+    Without arguments: your own key in the key folder (what `nnseal fingerprint` signs with and
+    `nnseal verify` trusts by default). Put other owners' public keys in its trusted/ folder.
+    """
+    from nnseal.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_keypair, key_dir
+
+    if (private is None) != (public is None):
+        raise NnsealError("give both PRIVATE and PUBLIC, or neither (for your own key in the key folder)")
+    if private is None or public is None:
+        key_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+        private, public = key_dir() / PRIVATE_KEY_FILE, key_dir() / PUBLIC_KEY_FILE
     if private.exists():
         raise NnsealError(f"{private} exists; refusing to overwrite a private key")
-    generate_keypair(private, public)
-    click.echo(f"wrote {private} (keep secret) and {public}")
+    kid = generate_keypair(private, public)
+    click.echo(f"wrote {private} (keep secret) and {public} (share it); key id {kid}")
 
 
 @main.command()
@@ -612,8 +725,8 @@ def inspect(path: Path) -> None:
     from nnseal.models import load_model, model_id
 
     try:
-        fp = Fingerprint.load(path)
-        click.echo(json.dumps(fp.header(), indent=2))
+        fp = Fingerprint.load(path, allow_unsigned=True)
+        click.echo(json.dumps({**fp.header(), "signature": fp.signature.to_dict()}, indent=2))
     except FingerprintError:
         m = load_model(path)
         click.echo(json.dumps({"model_id": model_id(m), "config": m.config.to_dict()}, indent=2))

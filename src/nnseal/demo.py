@@ -23,10 +23,12 @@ from nnseal import __version__
 from nnseal._io import atomic_write_text
 from nnseal.attacks import run_attack
 from nnseal.data import load_dataset
+from nnseal.fingerprint import Fingerprint
 from nnseal.methods.ssf import SensitiveSampleFingerprinter
 from nnseal.models.io import export_onnx, save_model
 from nnseal.models.train import evaluate_accuracy, train_model
 from nnseal.report import image_grid, markdown_table, save_png
+from nnseal.signing import default_signing_key, key_dir
 from nnseal.targets.base import Target
 from nnseal.targets.local import OnnxTarget, TorchTarget
 from nnseal.verify import Verdict, verify
@@ -81,7 +83,10 @@ def run_demo(
         n_queries=n_queries, bag_size=bag_size, steps=steps, seed=seed, specs=SPECS, progress=progress
     )
     fp = method.fingerprint(model, test)
-    fp.save(out / "fingerprint.nnseal")
+    key, created = default_signing_key()
+    fp.save(out / "fingerprint.nnseal", ed25519_key=key)
+    fp = Fingerprint.load(out / "fingerprint.nnseal")  # as a verifier does: the signature is checked first
+    echo(f"      {fp.signature}; key folder {key_dir()}" + (" (key created now)" if created else ""))
     save_png(image_grid([fp.seeds, fp.queries], scale=6), out / "fingerprint.png")  # type: ignore[list-item]
 
     echo("[3/4] tampering copies")

@@ -6,38 +6,40 @@ optionally, the natural seeds and the queries' reference labels (a watermark key
 key must get, which may differ from the recorded probabilities' argmax). The metadata entry
 ``nnseal`` holds a JSON header (schema version, method and parameters, model identity, valid
 output specs, provenance); the entry ``signature`` holds HMAC-SHA256 and/or Ed25519 signatures
-over a digest of the header and every tensor.
+over a digest of the header string and every tensor (see :mod:`nnseal.signing`).
 
-Loading checks, in order: the container parses; the signature (when a key is given or a signature
-is required) — before anything else in the file is trusted; the schema version; the fields.
-Every failure is a :class:`FingerprintError` with a one-line message.
+Loading checks, in order: the container's outer header parses within size and depth limits; the
+signature, against the trusted keys, over the raw header string and the tensors — before the header
+is even parsed; then the schema version and every field (finite probabilities that sum to 1, …).
+A file no trusted key signed is refused unless unsigned files are explicitly allowed. Every failure
+is a :class:`FingerprintError` with a one-line message.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from nnseal._io import atomic_write_bytes, safetensors_metadata
+from nnseal._io import atomic_write_bytes, parse_json, safetensors_metadata
 from nnseal.errors import FingerprintError
 from nnseal.outputs import OutputSpec
+from nnseal.signing import NOT_LOADED, Signature, SigningKeys, Trust, signature_block_json
 
 SCHEMA_VERSION = 1
-HMAC_KEY_ENV = "NNSEAL_HMAC_KEY"
+MAX_HEADER_BYTES = 1 << 20
+"""Largest safetensors header of a fingerprint file (nnseal writes a few kB)."""
 
 
 @dataclass
@@ -55,6 +57,8 @@ class Fingerprint:
     labels: np.ndarray | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
+    signature: Signature = field(default=NOT_LOADED, compare=False)
+    """What the signature check found when this fingerprint was loaded (not part of the file)."""
 
     def __post_init__(self) -> None:
         self.queries = np.ascontiguousarray(self.queries, dtype=np.float32)
@@ -63,12 +67,17 @@ class Fingerprint:
             raise FingerprintError(
                 f"a fingerprint needs a non-empty batch of queries, got shape {self.queries.shape}"
             )
-        if self.probabilities.shape[0] != len(self.queries) or self.probabilities.ndim != 2:
-            raise FingerprintError("probabilities must be (n_queries, n_classes)")
+        if not np.isfinite(self.queries).all():
+            raise FingerprintError("queries must be finite")
+        p = self.probabilities
+        if p.shape[0] != len(self.queries) or p.ndim != 2 or p.shape[1] < 2:
+            raise FingerprintError("probabilities must be (n_queries, n_classes >= 2)")
+        if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any() or np.abs(p.sum(1) - 1).max() > 1e-3:
+            raise FingerprintError("probabilities must be finite, in [0, 1], and sum to 1 per query")
         if self.seeds is not None:
             self.seeds = np.ascontiguousarray(self.seeds, dtype=np.float32)
-            if self.seeds.shape != self.queries.shape:
-                raise FingerprintError("seeds must have the same shape as queries")
+            if self.seeds.shape != self.queries.shape or not np.isfinite(self.seeds).all():
+                raise FingerprintError("seeds must be finite and have the same shape as queries")
         if self.labels is not None:
             labels = np.asarray(self.labels)
             n_classes = self.probabilities.shape[1]
@@ -77,9 +86,15 @@ class Fingerprint:
             if labels.min() < 0 or labels.max() >= n_classes:
                 raise FingerprintError(f"labels must lie in 0..{n_classes - 1}")
             self.labels = np.ascontiguousarray(labels, dtype=np.int64)
-        self.specs = [str(OutputSpec.parse(s)) for s in self.specs]
-        if not self.specs:
+        try:
+            specs = [OutputSpec.parse(s) for s in self.specs]
+        except ValueError as e:
+            raise FingerprintError(str(e)) from None
+        if not specs:
             raise FingerprintError("a fingerprint must be valid for at least one output spec")
+        if any(s.k > p.shape[1] for s in specs):
+            raise FingerprintError(f"an output spec compares more labels than the {p.shape[1]} classes")
+        self.specs = [str(s) for s in specs]
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -125,16 +140,12 @@ class Fingerprint:
         hmac_key: bytes | None = None,
         ed25519_key: Ed25519PrivateKey | None = None,
     ) -> Path:
-        """Write atomically, signing with whichever keys are given."""
+        """Write atomically, signing with whichever keys are given (an unsigned file is only accepted
+        by a verifier that explicitly allows unsigned files)."""
         header_json = _canonical(self.header())
         tensors = self._tensors()
-        digest = _digest(header_json, tensors)
-        signature: dict[str, str] = {}
-        if hmac_key is not None:
-            signature["hmac-sha256"] = hmac.new(hmac_key, digest, hashlib.sha256).hexdigest()
-        if ed25519_key is not None:
-            signature["ed25519"] = ed25519_key.sign(digest).hex()
-        meta = {"nnseal": header_json, "signature": json.dumps(signature, sort_keys=True)}
+        block = SigningKeys(hmac_key, ed25519_key).sign(_digest(header_json, tensors))
+        meta = {"nnseal": header_json, "signature": signature_block_json(block)}
         return atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
     @classmethod
@@ -143,58 +154,73 @@ class Fingerprint:
         path: str | os.PathLike[str],
         *,
         hmac_key: bytes | None = None,
-        ed25519_public_key: Ed25519PublicKey | None = None,
-        require_signature: bool = False,
+        public_keys: Sequence[Ed25519PublicKey] = (),
+        allow_unsigned: bool = False,
+        trust: Trust | None = None,
     ) -> Fingerprint:
-        """Read and check a fingerprint file; see the module docstring for the order of checks."""
+        """Read and check a fingerprint file; see the module docstring for the order of checks.
+
+        The signature must verify with ``hmac_key`` or one of ``public_keys`` when given, else with a
+        key of the user's key folder (:func:`nnseal.signing.key_dir`); ``trust`` overrides all three.
+        """
         path = Path(path)
+        trust = trust or Trust.resolve(
+            hmac_key=hmac_key, public_keys=public_keys, allow_unsigned=allow_unsigned
+        )
         try:
             raw = path.read_bytes()
         except OSError as e:
             raise FingerprintError(f"cannot read fingerprint {path}: {e.strerror or e}") from None
+        return cls.from_bytes(raw, trust, name=str(path))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, trust: Trust, *, name: str = "fingerprint") -> Fingerprint:
+        """Parse and check a fingerprint file's bytes against ``trust`` (``name`` labels errors)."""
+        path = name
         meta, tensors = _parse_container(raw, path)
         header_json = meta.get("nnseal")
         if not isinstance(header_json, str):
             raise FingerprintError(f"{path}: not an nnseal fingerprint (no nnseal header)")
-        _check_signature(
-            path,
-            meta.get("signature", "{}"),
-            _digest(header_json, tensors),
-            hmac_key,
-            ed25519_public_key,
-            require_signature,
-        )
+        signature = trust.check(path, meta.get("signature", "{}"), _digest(header_json, tensors))
         try:
-            h = json.loads(header_json)
-        except ValueError:
-            raise FingerprintError(f"{path}: header is not valid JSON") from None
+            h = parse_json(header_json, max_bytes=MAX_HEADER_BYTES, what="header")
+        except ValueError as e:
+            raise FingerprintError(f"{path}: {e}") from None
         if not isinstance(h, dict):
             raise FingerprintError(f"{path}: header must be a JSON object")
         version = h.get("schema_version")
-        if not isinstance(version, int) or version < 1:
+        if type(version) is not int or version < 1:
             raise FingerprintError(f"{path}: missing or invalid schema_version {version!r}")
         if version > SCHEMA_VERSION:
             raise FingerprintError(
                 f"{path}: schema version {version} is newer than this nnseal supports "
                 f"({SCHEMA_VERSION}); upgrade nnseal"
             )
+        fields = {"specs": list, "model_id": str, "method": str, "params": dict, "provenance": dict}
+        for name, kind in fields.items():
+            if not isinstance(h.get(name, kind()), kind):
+                raise FingerprintError(f"{path}: header field {name!r} must be a {kind.__name__}")
+        if not all(isinstance(s, str) for s in h.get("specs", [])):
+            raise FingerprintError(f"{path}: header field 'specs' must list strings")
         try:
             fp = cls(
                 queries=tensors["queries"],
                 probabilities=tensors["probabilities"],
-                specs=list(h["specs"]),
-                model_id=str(h["model_id"]),
-                method=str(h["method"]),
-                params=dict(h.get("params", {})),
-                provenance=dict(h.get("provenance", {})),
+                specs=h["specs"],
+                model_id=h["model_id"],
+                method=h["method"],
+                params=h.get("params", {}),
+                provenance=h.get("provenance", {}),
                 seeds=tensors.get("seeds"),
                 labels=tensors.get("labels"),
                 created=str(h.get("created", "")),
                 schema_version=version,
+                signature=signature,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FingerprintError(f"{path}: missing or invalid field {e}") from None
-        if h.get("n_queries") != len(fp) or h.get("n_classes") != fp.probabilities.shape[1]:
+        counts = (h.get("n_queries"), h.get("n_classes"))
+        if counts != (len(fp), fp.probabilities.shape[1]) or any(type(c) is not int for c in counts):
             raise FingerprintError(f"{path}: header counts do not match the stored tensors")
         return fp
 
@@ -213,103 +239,12 @@ def _digest(header_json: str, tensors: dict[str, np.ndarray]) -> bytes:
     return h.digest()
 
 
-def _parse_container(raw: bytes, path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+def _parse_container(raw: bytes, path: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     try:
-        meta = safetensors_metadata(raw)
+        meta = safetensors_metadata(raw, max_header=MAX_HEADER_BYTES)
         tensors = st_load(raw)
     except ValueError as e:
         raise FingerprintError(f"{path}: truncated or not a fingerprint file: {e}") from None
     except SafetensorError as e:
         raise FingerprintError(f"{path}: corrupt fingerprint file ({str(e).splitlines()[0][:120]})") from None
     return meta, tensors
-
-
-def _check_signature(
-    path: Path,
-    sig_json: str,
-    digest: bytes,
-    hmac_key: bytes | None,
-    public_key: Ed25519PublicKey | None,
-    required: bool,
-) -> None:
-    try:
-        sig = json.loads(sig_json)
-        assert isinstance(sig, dict)
-    except (ValueError, AssertionError):
-        raise FingerprintError(f"{path}: malformed signature block") from None
-    if required and hmac_key is None and public_key is None:
-        raise FingerprintError(f"{path}: a signature is required but no key was given to check it")
-    if hmac_key is not None:
-        if "hmac-sha256" not in sig:
-            if required:
-                raise FingerprintError(f"{path}: fingerprint is not HMAC-signed but a signature is required")
-        else:
-            want = hmac.new(hmac_key, digest, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(want, str(sig["hmac-sha256"])):
-                raise FingerprintError(f"{path}: HMAC signature does not match (file edited, or wrong key)")
-    if public_key is not None:
-        if "ed25519" not in sig:
-            if required:
-                raise FingerprintError(f"{path}: fingerprint has no Ed25519 signature but one is required")
-        else:
-            try:
-                public_key.verify(bytes.fromhex(str(sig["ed25519"])), digest)
-            except (InvalidSignature, ValueError):
-                raise FingerprintError(
-                    f"{path}: Ed25519 signature does not verify (file edited, or wrong key)"
-                ) from None
-
-
-def hmac_key_from(env: str = HMAC_KEY_ENV, file: str | os.PathLike[str] | None = None) -> bytes | None:
-    """The HMAC key from a file (stripped) or the environment variable ``env``; None if neither."""
-    if file is not None:
-        try:
-            key = Path(file).read_bytes().strip()
-        except OSError as e:
-            raise FingerprintError(f"cannot read HMAC key file {file}: {e.strerror or e}") from None
-        if not key:
-            raise FingerprintError(f"HMAC key file {file} is empty")
-        return key
-    value = os.environ.get(env)
-    return value.encode() if value else None
-
-
-def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """An Ed25519 private key from a PEM file (PKCS#8, unencrypted)."""
-    key = _load_pem(path, private=True)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise FingerprintError(f"{path}: not an Ed25519 private key")
-    return key
-
-
-def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    """An Ed25519 public key from a PEM file."""
-    key = _load_pem(path, private=False)
-    if not isinstance(key, Ed25519PublicKey):
-        raise FingerprintError(f"{path}: not an Ed25519 public key")
-    return key
-
-
-def _load_pem(path: str | os.PathLike[str], private: bool) -> object:
-    try:
-        data = Path(path).read_bytes()
-        if private:
-            return serialization.load_pem_private_key(data, password=None)
-        return serialization.load_pem_public_key(data)
-    except OSError as e:
-        raise FingerprintError(f"cannot read key file {path}: {e.strerror or e}") from None
-    except (ValueError, TypeError) as e:
-        raise FingerprintError(f"{path}: not a PEM key ({str(e).splitlines()[0]})") from None
-
-
-def generate_keypair(private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]) -> None:
-    """Write a new Ed25519 key pair as PEM files (private key file readable by the owner only)."""
-    key = Ed25519PrivateKey.generate()
-    priv = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    atomic_write_bytes(private_path, priv, mode=0o600)
-    atomic_write_bytes(public_path, pub)

@@ -49,6 +49,8 @@ class Verdict:
     """Queries without a valid answer, by cause (``TargetError.kind``: timeout, http-503, nan …)."""
     target_stats: dict[str, Any] = field(default_factory=dict)
     """What the target reports about its traffic (requests, retries, decoys …; see ``Target.stats``)."""
+    signature: dict[str, Any] = field(default_factory=dict)
+    """What the fingerprint file's signature check found (:class:`nnseal.signing.Signature`)."""
 
     @property
     def exit_code(self) -> int:
@@ -83,6 +85,23 @@ def _check_answers(raw: np.ndarray, n: int, provides: str, n_classes: int) -> np
     return a
 
 
+def check_target(fingerprint: Fingerprint, target: Target) -> None:
+    """Refuse, before any query, a target whose inputs or classes cannot match the fingerprint's:
+    a wholly different model is a usage error to fix, not evidence of tampering."""
+    what = "fingerprint" if fingerprint.labels is None else "watermark key"
+    want, classes = fingerprint.input_shape, fingerprint.probabilities.shape[1]
+    if target.input_shape is not None and tuple(target.input_shape) != want:
+        raise NnsealError(
+            f"the {what}'s queries are {'×'.join(map(str, want))} inputs but {target.describe()} takes "
+            f"{'×'.join(map(str, target.input_shape))}: it was made for another model (or the wrong "
+            f"file was given)"
+        )
+    if target.num_classes is not None and target.num_classes != classes:
+        raise NnsealError(
+            f"the {what} has {classes} classes but {target.describe()} answers over {target.num_classes}"
+        )
+
+
 def verify(
     fingerprint: Fingerprint,
     target: Target,
@@ -101,6 +120,7 @@ def verify(
         stop_at_first_mismatch: stop once a mismatch proves tampering (fewer queries).
         batch_size: queries per ``predict`` call.
     """
+    check_target(fingerprint, target)
     spec = OutputSpec.parse(spec or fingerprint.specs[0])
     expected = fingerprint.expected(spec)
     if spec.needs == "probabilities" and target.provides != "probabilities":
@@ -165,4 +185,5 @@ def verify(
         fingerprint.model_id,
         problems,
         target.stats(),
+        fingerprint.signature.to_dict(),
     )

@@ -32,7 +32,7 @@ from nnseal.errors import NnsealError, TargetError
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods.frontier import METHOD
 from nnseal.targets.base import Target
-from nnseal.verify import _check_answers
+from nnseal.verify import _check_answers, check_target
 
 
 class Ownership(str, Enum):
@@ -148,6 +148,8 @@ class WatermarkVerdict:
     reason: str = ""
     target: str = ""
     key_model_id: str = ""
+    signature: dict[str, Any] = field(default_factory=dict)
+    """What the key file's signature check found (:class:`nnseal.signing.Signature`)."""
 
     @property
     def exit_code(self) -> int:
@@ -186,6 +188,7 @@ def verify_watermark(
     """
     if key.method != METHOD or key.labels is None:
         raise NnsealError(f"not a {METHOD} watermark key (method {key.method!r}, labels missing)")
+    check_target(key, target)
     if budget is not None and budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     if batch_size < 1:
@@ -256,4 +259,5 @@ def verify_watermark(
         reason=reason,
         target=target.describe(),
         key_model_id=key.model_id,
+        signature=key.signature.to_dict(),
     )

@@ -25,6 +25,7 @@ from torch import nn
 
 from nnseal._io import atomic_write_bytes
 from nnseal.errors import ModelError, NnsealError
+from nnseal.models.architectures import check_data
 from nnseal.targets.base import Target
 from nnseal.targets.local import OnnxTarget, TorchTarget
 
@@ -195,6 +196,9 @@ def run_attack(
         attack._check_known(key, defaults)
     if attack.needs_data and train is None:
         raise ValueError(f"attack {name} needs training data")
+    for what, data in (("training data", train), ("test data", test)):
+        if data is not None:
+            check_data(model, data.input_shape, len(data.classes), what)
     ctx = AttackContext(train=train, test=test, seed=seed, progress=progress)
     if workdir is not None:
         ctx.workdir = Path(workdir)

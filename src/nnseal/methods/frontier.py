@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
+from nnseal.models.architectures import check_data
 from nnseal.models.io import model_id
 from nnseal.models.train import evaluate_accuracy, fit, predict_logits
 from nnseal.targets.local import TorchTarget
@@ -203,9 +204,7 @@ class FrontierStitching:
         whose ``labels`` are the key's original labels) and a report; the clean-accuracy cost is
         measured on ``test`` when given.
         """
-        cfg_shape = getattr(getattr(model, "config", None), "input_shape", data.input_shape)
-        if tuple(data.input_shape) != tuple(cfg_shape):
-            raise NnsealError(f"data shape {data.input_shape} does not match the model's input shape")
+        check_data(model, data.input_shape, len(data.classes))
         t0 = time.perf_counter()
         marked = copy.deepcopy(model).eval()
         acc_before = evaluate_accuracy(marked, test) if test is not None else None

@@ -36,6 +36,7 @@ from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods.manc import manc_select
 from nnseal.methods.sensitive import SensitiveSampleGenerator
+from nnseal.models.architectures import check_data
 from nnseal.models.io import export_onnx, model_id
 from nnseal.outputs import OutputSpec
 from nnseal.targets.base import Target
@@ -342,9 +343,7 @@ class MarkerFingerprinter:
         }
 
     def fingerprint(self, model: nn.Module, data: Dataset) -> Fingerprint:
-        shape = getattr(getattr(model, "config", None), "input_shape", data.input_shape)
-        if tuple(data.input_shape) != tuple(shape):
-            raise NnsealError(f"data shape {data.input_shape} does not match the model's input shape {shape}")
+        check_data(model, data.input_shape, len(data.classes))
         rng = np.random.default_rng(self.seed)
         seed_idx = np.sort(rng.choice(len(data), min(self.pool_size, len(data)), replace=False))
         markers = self.generator.generate(model, data.x[seed_idx])

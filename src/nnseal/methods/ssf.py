@@ -20,6 +20,7 @@ from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods.manc import manc_select, relu_activations
 from nnseal.methods.sensitive import Norm, Output, SensitiveSampleGenerator
+from nnseal.models.architectures import check_data
 from nnseal.models.io import model_id
 from nnseal.outputs import OutputSpec
 from nnseal.targets.local import TorchTarget
@@ -121,10 +122,7 @@ class SensitiveSampleFingerprinter:
 
     def fingerprint(self, model: nn.Module, data: Dataset) -> Fingerprint:
         """Generate, filter by margin, select; record answers, parameters and provenance."""
-        if tuple(data.input_shape) != tuple(
-            getattr(getattr(model, "config", None), "input_shape", data.input_shape)
-        ):
-            raise NnsealError(f"data shape {data.input_shape} does not match the model's input shape")
+        check_data(model, data.input_shape, len(data.classes))
         rng = np.random.default_rng(self.seed)
         seed_idx = np.sort(rng.choice(len(data), min(self.bag_size, len(data)), replace=False))
         bag = self.generator.generate(model, data.x[seed_idx])

@@ -1,6 +1,6 @@
 """Reference architectures, training, and safe save/load/export."""
 
-from nnseal.models.architectures import ARCHITECTURES, Classifier, ModelConfig, build_model
+from nnseal.models.architectures import ARCHITECTURES, Classifier, ModelConfig, build_model, check_data
 from nnseal.models.io import export_onnx, load_model, model_id, save_model
 from nnseal.models.train import evaluate_accuracy, train_model
 
@@ -9,6 +9,7 @@ __all__ = [
     "Classifier",
     "ModelConfig",
     "build_model",
+    "check_data",
     "evaluate_accuracy",
     "export_onnx",
     "load_model",

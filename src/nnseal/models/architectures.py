@@ -8,8 +8,10 @@ receives the same [0, 1] inputs the owner used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,19 +39,75 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
+    def from_dict(cls, d: object) -> ModelConfig:
+        """Parse and range-check a config read from a file (which may be hostile: every field is checked)."""
+        if not isinstance(d, dict):
+            raise ModelError("invalid model config: not a JSON object")
         try:
-            return cls(
-                arch=str(d["arch"]),
-                input_shape=tuple(int(v) for v in d["input_shape"]),  # type: ignore[arg-type]
-                classes=tuple(str(c) for c in d["classes"]),
-                mean=tuple(float(v) for v in d.get("mean", (0.0,))),
-                std=tuple(float(v) for v in d.get("std", (1.0,))),
-                width=int(d.get("width", 1)),
-                hidden=tuple(int(v) for v in d.get("hidden", ())),
+            config = cls(
+                arch=_get(d, "arch", str),
+                input_shape=tuple(_ints(d["input_shape"], "input_shape")),  # type: ignore[arg-type]
+                classes=tuple(_get(d, "classes", list)),
+                mean=tuple(_floats(d.get("mean", [0.0]), "mean")),
+                std=tuple(_floats(d.get("std", [1.0]), "std")),
+                width=_get(d, "width", int, 1),
+                hidden=tuple(_ints(d.get("hidden", []), "hidden")),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"invalid model config: {e!r}") from None
+        except KeyError as e:
+            raise ModelError(f"invalid model config: missing {e}") from None
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Ranges that keep a model buildable and its size sane; a ModelError names the bad field."""
+        problems = []
+        if len(self.input_shape) != 3 or not all(1 <= v <= LIMITS["side"] for v in self.input_shape):
+            problems.append(f"input_shape {self.input_shape} (want C, H, W each in 1..{LIMITS['side']})")
+        elif self.input_shape[0] > LIMITS["channels"]:
+            problems.append(f"{self.input_shape[0]} channels (at most {LIMITS['channels']})")
+        if not 2 <= len(self.classes) <= LIMITS["classes"] or not all(
+            isinstance(c, str) for c in self.classes
+        ):
+            problems.append(f"classes (want 2..{LIMITS['classes']} names)")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if len(v) not in (1, self.input_shape[0] if self.input_shape else 1):
+                problems.append(f"{name} has {len(v)} values (want 1 or one per channel)")
+        if any(s <= 0 for s in self.std):
+            problems.append("std must be > 0")
+        if not 1 <= self.width <= LIMITS["width"]:
+            problems.append(f"width {self.width} (want 1..{LIMITS['width']})")
+        if len(self.hidden) > LIMITS["layers"] or not all(1 <= h <= LIMITS["hidden"] for h in self.hidden):
+            problems.append(
+                f"hidden {self.hidden} (at most {LIMITS['layers']} layers of 1..{LIMITS['hidden']})"
+            )
+        if problems:
+            raise ModelError(f"invalid model config: {'; '.join(problems)}")
+
+
+LIMITS = {"side": 1024, "channels": 16, "classes": 100_000, "width": 64, "layers": 16, "hidden": 1 << 16}
+"""Bounds on a model config: far above anything nnseal trains, low enough that a hostile file can't
+ask for an absurd allocation."""
+
+
+def _get(d: dict, key: str, kind: type, default: object = None) -> Any:
+    value = d.get(key, default) if default is not None else d[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ModelError(f"invalid model config: {key} must be a {kind.__name__}")
+    return value
+
+
+def _ints(values: object, key: str) -> list[int]:
+    if not isinstance(values, list) or not all(type(v) is int for v in values):
+        raise ModelError(f"invalid model config: {key} must be a list of integers")
+    return values
+
+
+def _floats(values: object, key: str) -> list[float]:
+    ok = isinstance(values, list) and all(type(v) in (int, float) and math.isfinite(v) for v in values)
+    if not ok or not values:
+        raise ModelError(f"invalid model config: {key} must be a non-empty list of finite numbers")
+    return [float(v) for v in values]
 
 
 class Normalize(nn.Module):
@@ -130,13 +188,30 @@ def _vgg(c: ModelConfig) -> Classifier:
 ARCHITECTURES: dict[str, Callable[[ModelConfig], Classifier]] = {"mlp": _mlp, "lenet": _lenet, "vgg": _vgg}
 
 
+def check_data(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, what: str = "data") -> None:
+    """Refuse inputs the model cannot take (or labels it cannot give) before any work, naming both."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    if tuple(input_shape) != tuple(config.input_shape):
+        raise ModelError(
+            f"{what} inputs are {_shape(input_shape)} but the model takes {_shape(config.input_shape)}: "
+            f"use the dataset (--data) the model was trained on"
+        )
+    if num_classes != config.num_classes:
+        raise ModelError(f"{what} has {num_classes} classes but the model has {config.num_classes}")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
 def build_model(config: ModelConfig) -> Classifier:
     """Instantiate the architecture a config names (weights freshly initialised)."""
     if config.arch not in ARCHITECTURES:
         raise ModelError(f"unknown architecture {config.arch!r}; known: {', '.join(ARCHITECTURES)}")
-    ch, h, w = config.input_shape
-    if min(ch, h, w) < 1 or config.num_classes < 2:
-        raise ModelError(f"invalid input shape {config.input_shape} or class count {config.num_classes}")
+    config.check()
+    _, h, w = config.input_shape
     if (config.arch == "lenet" and min(h, w) < 4) or (config.arch == "vgg" and min(h, w) < 8):
         raise ModelError(f"input {h}x{w} is too small for {config.arch}")
     return ARCHITECTURES[config.arch](config)

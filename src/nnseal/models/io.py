@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-from nnseal._io import atomic_write_bytes, safetensors_metadata
+from nnseal._io import SAFETENSORS_MAX_HEADER, atomic_write_bytes, parse_json, safetensors_metadata
 from nnseal.errors import ModelError
 from nnseal.models.architectures import Classifier, ModelConfig, build_model
 
@@ -114,26 +114,60 @@ def load_model(path: str | os.PathLike[str]) -> Classifier:
             f"{path}: not an nnseal model (format {meta.get('format')!r}, want {MODEL_FORMAT!r})"
         )
     try:
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        config = ModelConfig.from_dict(_meta_json(meta, "config", None))
         dtype = DTYPES[meta.get("dtype", "float32")]
-        quantized = set(json.loads(meta.get("quantized", "[]")))
-        lineage = json.loads(meta.get("lineage", "[]"))
+        quantized = _meta_json(meta, "quantized", [])
+        lineage = _meta_json(meta, "lineage", [])
+        if not isinstance(quantized, list) or not all(isinstance(q, str) for q in quantized):
+            raise ValueError("'quantized' must list layer names")
+        if not isinstance(lineage, list):
+            raise ValueError("'lineage' must be a list")
         tensors = st_load(raw)
     except (KeyError, ValueError, SafetensorError) as e:
-        raise ModelError(f"{path}: corrupt model file ({e})") from None
-    model: Any = build_model(config).to(dtype)
+        raise ModelError(f"{path}: corrupt model file ({_first_line(e)})") from None
     try:
-        qparams = {q: _pop_quantized(tensors, q) for q in quantized}
+        qparams = {q: _pop_quantized(tensors, q) for q in set(quantized)}
+        _check_shapes(config, dtype, tensors)
+        model: Any = build_model(config).to(dtype)
         model.load_state_dict(tensors, strict=True)
         if quantized:
-            model = quantize_dynamic_int8(model, quantized)
+            model = quantize_dynamic_int8(model, set(quantized))
             for name, (weight, bias) in qparams.items():
                 dict(model.named_modules())[name].set_weight_bias(weight, bias)
-    except (RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelError(f"{path}: weights do not match the {config.arch} config ({first})") from None
+    except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise ModelError(
+            f"{path}: weights do not match the {config.arch} config ({_first_line(e)})"
+        ) from None
     model.lineage = lineage
     return model.eval()
+
+
+def _meta_json(meta: dict[str, str], key: str, default: Any) -> Any:
+    if key not in meta:
+        if default is None:
+            raise KeyError(key)
+        return default
+    return parse_json(meta[key], max_bytes=SAFETENSORS_MAX_HEADER, what=f"metadata {key!r}")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+def _check_shapes(config: ModelConfig, dtype: torch.dtype, tensors: dict[str, torch.Tensor]) -> None:
+    """Compare the file's tensors with the config's on the meta device (no memory), so a config that
+    asks for a huge model is refused before anything is allocated."""
+    with torch.device("meta"):
+        want = {k: (tuple(v.shape), v.dtype) for k, v in build_model(config).to(dtype).state_dict().items()}
+    floats = {k: v for k, v in want.items() if v[1].is_floating_point}
+    got = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+    if set(want) != set(got):
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        raise KeyError(f"missing tensors {missing[:3]}, unexpected {extra[:3]}")
+    for k, (shape, kind) in want.items():
+        if got[k][0] != shape or (k in floats and not got[k][1].is_floating_point):
+            raise ValueError(f"tensor {k} is {got[k][0]} {got[k][1]}, the config needs {shape} {kind}")
 
 
 def _pop_quantized(tensors: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -19,6 +19,10 @@ class Target(ABC):
     """
 
     provides: Provides = "probabilities"
+    input_shape: tuple[int, ...] | None = None
+    """The (C, H, W) the model takes, where the target knows it (local models); None if unknown."""
+    num_classes: int | None = None
+    """How many classes it answers over, where known."""
 
     def __init__(self) -> None:
         self.queries = 0

@@ -27,6 +27,9 @@ class TorchTarget(Target):
     ) -> None:
         super().__init__()
         self.model, self.batch_size, self.threads, self.name = model.eval(), batch_size, threads, name
+        config = getattr(model, "config", None)
+        if config is not None:
+            self.input_shape, self.num_classes = tuple(config.input_shape), config.num_classes
 
     @torch.no_grad()
     def _predict(self, x: np.ndarray) -> np.ndarray:
@@ -67,7 +70,11 @@ class OnnxTarget(Target):
             raise TargetError(
                 f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})"
             ) from None
-        self.input_name = self.session.get_inputs()[0].name
+        first_in, first_out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name = first_in.name
+        self.input_shape = _static(first_in.shape[1:])
+        out = _static(first_out.shape[1:])
+        self.num_classes = out[0] if out is not None and len(out) == 1 else None
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         bs = self.batch_size or max(1, len(x))
@@ -79,6 +86,11 @@ class OnnxTarget(Target):
 
     def describe(self) -> str:
         return f"onnxruntime ({self.path.name})"
+
+
+def _static(dims: list[int | str | None]) -> tuple[int, ...] | None:
+    """Dimensions fixed in the ONNX graph, or None when any is symbolic."""
+    return tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None  # type: ignore[arg-type]
 
 
 def open_target(path: str | os.PathLike[str], **kwargs: int | None) -> Target:
