@@ -188,7 +188,7 @@ def main() -> int:
     )
 
     fper = SensitiveSampleFingerprinter(
-        n_queries=10, bag_size=bag, steps=steps, selection="manc", specs=SPECS, seed=args.seed
+        n_queries=10, pool_size=bag, steps=steps, selection="manc", specs=SPECS, seed=args.seed
     )
     t = time.perf_counter()
     fp = fper.fingerprint(model, test)
@@ -280,7 +280,7 @@ def main() -> int:
             "train_inputs": len(train),
             "train_epochs": epochs,
             "test_inputs": len(test),
-            "fingerprinter": fper.config(),
+            "fingerprinter": fper.get_params(),
             "specs": list(SPECS),
             "loadavg_start": load_start,
             "loadavg_end": load_end,

@@ -73,7 +73,7 @@ def main() -> None:
     train_s = time.perf_counter() - t
     t = time.perf_counter()
     method = SensitiveSampleFingerprinter(
-        n_queries=args.n_queries, bag_size=2 * args.n_queries, steps=300, seed=args.seed, specs=["top1", SPEC]
+        n_queries=args.n_queries, pool_size=2 * args.n_queries, steps=300, seed=args.seed, specs=["top1", SPEC]
     )
     fp = method.fingerprint(model, test)
     fingerprint_s = time.perf_counter() - t

@@ -33,7 +33,7 @@ ATTACKS = [
     {"name": "quantization", "kind": "quantize-int8", "params": {}},
     {"name": "fine-tuning", "kind": "finetune", "params": {"steps": 200, "lr": 1e-4}},
     {"name": "compression", "kind": "prune", "params": {"amount": 0.5}},
-    {"name": "watermarking", "kind": "watermark", "params": {"key_size": 100, "eps": 0.1, "epochs": 1.0}},
+    {"name": "watermarking", "kind": "watermark", "params": {"key_size": 100, "epsilon": 0.1, "epochs": 1.0}},
 ]
 ALPHAS = ("0.0001", "1e-08")
 

@@ -184,15 +184,15 @@ def main() -> int:
     cost_rows: list[dict[str, Any]] = []
     for arch in ARCHS:
         src = sources[f"{arch}-s{args.seed}"]
-        for eps in eps_sweep:
-            method = FrontierStitching(key_size=KEY_SIZE, eps=eps, seed=args.seed)
-            row: dict[str, Any] = {"arch": arch, "eps": eps}
+        for epsilon in eps_sweep:
+            method = FrontierStitching(key_size=KEY_SIZE, epsilon=epsilon, seed=args.seed)
+            row: dict[str, Any] = {"arch": arch, "epsilon": epsilon}
             try:
                 wm, key, rep = method.embed(src, train, test=test)
             except NnsealError as e:
                 row["error"] = str(e)
                 cost_rows.append(row)
-                print(f"{arch} ε={eps}: {e}", flush=True)
+                print(f"{arch} ε={epsilon}: {e}", flush=True)
                 continue
             ctrl = control_cost(src, train, test, rep.epochs, KEY_SIZE, args.seed, method.lr)
             null_acc = [key_accuracy(null_models[n], key) for n in null_names]
@@ -207,10 +207,10 @@ def main() -> int:
                 }
             )
             cost_rows.append(row)
-            if eps <= EPS:  # the sweep ascends: keep the largest ε up to the paper's
+            if epsilon <= EPS:  # the sweep ascends: keep the largest ε up to the paper's
                 keys[arch], marked[arch] = key, wm
             print(
-                f"{arch} ε={eps}: key {rep.key_accuracy_after:.2f} after {rep.epochs:g} epochs, accuracy "
+                f"{arch} ε={epsilon}: key {rep.key_accuracy_after:.2f} after {rep.epochs:g} epochs, accuracy "
                 f"{pct(rep.accuracy_before)}→{pct(rep.accuracy_after)} (control {pct(ctrl)}), "
                 f"{rep.seconds:.0f} s",
                 flush=True,
@@ -236,7 +236,7 @@ def main() -> int:
         claims_rows.append(
             {
                 "key_arch": arch,
-                "eps": key.params["eps"],
+                "epsilon": key.params["epsilon"],
                 "null_key_accuracy": dict(zip(null_names, acc.tolist(), strict=True)),
                 "mean": float(acc.mean()),
                 "std": float(acc.std(ddof=1)),
@@ -263,7 +263,7 @@ def main() -> int:
             wm = marked[arch]
             base = {
                 "arch": arch,
-                "eps": key.params["eps"],
+                "epsilon": key.params["epsilon"],
                 "attack": "none (watermarked)",
                 "lineage": "original",
             }
@@ -286,7 +286,7 @@ def main() -> int:
                     continue
                 row = {
                     "arch": arch,
-                    "eps": key.params["eps"],
+                    "epsilon": key.params["epsilon"],
                     "attack": label,
                     "lineage": res.lineage_str,
                     "accuracy_before": res.record["metrics"]["accuracy_before"],
@@ -306,13 +306,13 @@ def main() -> int:
     rows = []
     for r in cost_rows:
         if "error" in r:
-            rows.append([r["arch"], f"{r['eps']:g}", *["-"] * 8, r["error"][:60]])
+            rows.append([r["arch"], f"{r['epsilon']:g}", *["-"] * 8, r["error"][:60]])
             continue
         na = np.array(r["null_key_accuracy"])
         rows.append(
             [
                 r["arch"],
-                f"{r['eps']:g}",
+                f"{r['epsilon']:g}",
                 f"{r['true_available']}/{r['candidates']}",
                 f"{r['key_accuracy_after']:.2f}",
                 f"{r['epochs']:g}",
@@ -344,7 +344,7 @@ def main() -> int:
         rows.append(
             [
                 r["arch"],
-                f"{r['eps']:g}",
+                f"{r['epsilon']:g}",
                 r["attack"],
                 pct(r["accuracy_after"]),
                 f"{r['key_accuracy']:.2f}",
@@ -368,7 +368,7 @@ def main() -> int:
         cal = r["calibrated_null"]
         rows.append(
             [
-                f"{r['key_arch']} (ε {r['eps']:g})",
+                f"{r['key_arch']} (ε {r['epsilon']:g})",
                 f"{r['mean']:.3f} ± {r['std']:.3f}",
                 f"[{r['min']:.2f}, {r['max']:.2f}]",
                 ", ".join(f"{a} {v:.2f}" for a, v in r["by_arch_mean"].items()),
@@ -413,9 +413,9 @@ def main() -> int:
             "null_seeds": {a: list(s) for a, s in null_seeds.items()},
             "key_size": KEY_SIZE,
             "eps_sweep": list(eps_sweep),
-            "eps": EPS,
+            "epsilon": EPS,
             "alpha": ALPHA,
-            "embedding": FrontierStitching(key_size=KEY_SIZE, eps=EPS, seed=args.seed).config(),
+            "embedding": FrontierStitching(key_size=KEY_SIZE, epsilon=EPS, seed=args.seed).config(),
             "usable_pp": USABLE_PP,
             "loadavg_start": load_start,
             "loadavg_end": load_end,

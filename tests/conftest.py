@@ -39,5 +39,5 @@ def model(digits: tuple[Dataset, Dataset]) -> Classifier:
 
 @pytest.fixture(scope="session")
 def fingerprint(model: Classifier, digits: tuple[Dataset, Dataset]) -> Fingerprint:
-    method = SensitiveSampleFingerprinter(n_queries=20, bag_size=200, steps=500, seed=0, specs=FP_SPECS)
+    method = SensitiveSampleFingerprinter(n_queries=20, pool_size=200, steps=500, seed=0, specs=FP_SPECS)
     return method.fingerprint(model, digits[1])

@@ -25,7 +25,7 @@ FAST = {
     "poison-specific": {"epochs": 0.5},
     "prune": {"amount": 0.3},
     "quantize-bits": {"bits": 4},
-    "watermark": {"key_size": 10, "eps": 0.2, "epochs": 1.0},  # ε 0.25 flips almost every 8x8 digit
+    "watermark": {"key_size": 10, "epsilon": 0.2, "epochs": 1.0},  # ε 0.25 flips almost every 8x8 digit
 }
 
 

@@ -224,7 +224,7 @@ def test_cli_never_says_intact_for_a_mutated_fingerprint(signed, cli_files) -> N
 def test_cli_never_says_watermarked_for_a_mutated_key(model, digits, cli_files) -> None:
     from nnseal.methods import FrontierStitching
 
-    marked, key, _ = FrontierStitching(key_size=20, eps=0.1, seed=0).embed(model, digits[0])
+    marked, key, _ = FrontierStitching(key_size=20, epsilon=0.1, seed=0).embed(model, digits[0])
     save_model(marked, cli_files["dir"] / "marked.safetensors")
     raw = key.save(cli_files["dir"] / "key.nnseal", hmac_key=HMAC_KEY).read_bytes()
     path = cli_files["dir"] / "mutated-key.nnseal"

@@ -143,7 +143,7 @@ def test_attack_and_watermark_on_another_shape_are_usage_errors(tmp_path, mnist_
 def test_watermark_verify_on_another_shape_is_a_usage_error(model, digits, mnist_shaped, tmp_path) -> None:
     from nnseal.methods import FrontierStitching
 
-    _, key, _ = FrontierStitching(key_size=10, eps=0.1, seed=0, epochs=1).embed(model, digits[0])
+    _, key, _ = FrontierStitching(key_size=10, epsilon=0.1, seed=0, epochs=1).embed(model, digits[0])
     key.save(tmp_path / "k.nnseal", hmac_key=b"k")
     r = _cli("watermark", "verify", str(tmp_path / "k.nnseal"), str(mnist_shaped / "m.onnx"))
     _one_line_error(r)

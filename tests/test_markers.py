@@ -57,14 +57,14 @@ def _probs(model, x):
 
 
 def test_pgd_stays_in_the_ball_and_flips_labels(model, seeds) -> None:
-    adv = pgd(model, seeds, eps=0.3, steps=20)
+    adv = pgd(model, seeds, epsilon=0.3, steps=20)
     assert np.abs(adv - seeds).max() <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     flipped = _probs(model, adv).argmax(1) != _probs(model, seeds).argmax(1)
     assert flipped.mean() > 0.9
 
 
 def test_bisection_lands_just_inside_the_seed_class(model, seeds) -> None:
-    adv = pgd(model, seeds, eps=0.3, steps=20)
+    adv = pgd(model, seeds, epsilon=0.3, steps=20)
     x, ok = bisect_margin(model, seeds, adv, target_margin=1e-3)
     p, p_seed = _probs(model, x[ok]), _probs(model, seeds[ok])
     assert ok.mean() > 0.9
@@ -159,8 +159,8 @@ def test_fingerprint_round_trip_and_errors(model, digits, tmp_path) -> None:
 def test_cli_markers_fingerprint_and_verify(model, tmp_path) -> None:
     save_model(model, tmp_path / "m.safetensors")
     runner = CliRunner()
-    args = ["fingerprint", str(tmp_path / "m.safetensors"), "--method", "markers", "--strategy", "flip-rate"]
-    r = runner.invoke(main, [*args, "-n", "6", "--bag", "60", "--out", str(tmp_path / "fp.nnseal"), "--json"])
+    args = ["fingerprint", str(tmp_path / "m.safetensors"), "--method", "tampernn-markers", "-p", "strategy=flip-rate"]
+    r = runner.invoke(main, [*args, "-n", "6", "--pool-size", "60", "--out", str(tmp_path / "fp.nnseal"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["params"]["strategy"] == "flip-rate"
     r = runner.invoke(main, ["verify", str(tmp_path / "fp.nnseal"), str(tmp_path / "m.safetensors")])

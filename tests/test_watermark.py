@@ -25,7 +25,7 @@ KEY = 20
 
 @pytest.fixture(scope="module")
 def marked(model, digits):
-    return FrontierStitching(key_size=KEY, eps=EPS, seed=0).embed(model, digits[0], test=digits[1])
+    return FrontierStitching(key_size=KEY, epsilon=EPS, seed=0).embed(model, digits[0], test=digits[1])
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_calibrated_null_raises_the_bar_when_null_models_agree_with_the_key() ->
 def test_where_the_half_null_fails_a_calibrated_null_refuses_the_false_claim(model, other, digits) -> None:
     """At a small ε the key sits so close to the original frontier that independent models get most
     of it right: the paper's 1/2 null would claim them. Calibrated on other null models, it does not."""
-    _, key, _ = FrontierStitching(key_size=40, eps=0.1).embed(model, digits[0])
+    _, key, _ = FrontierStitching(key_size=40, epsilon=0.1).embed(model, digits[0])
     nulls = [train_model(digits[0], "mlp", epochs=20, seed=s, progress=False) for s in (6, 7, 8)]
     assert verify_watermark(key, TorchTarget(other)).status is Ownership.WATERMARKED  # a false claim
     null = NullModel.calibrate([key_accuracy(m, key) for m in nulls], len(key))
@@ -187,8 +187,8 @@ def test_fingerprint_labels_are_validated(marked) -> None:
 def test_embed_refuses_impossible_settings(model, digits) -> None:
     with pytest.raises(ValueError, match="even number"):
         FrontierStitching(key_size=7)
-    with pytest.raises(NnsealError, match=r"false adversaries.*try a smaller eps"):
-        FrontierStitching(key_size=20, eps=0.9).embed(model, digits[0])
+    with pytest.raises(NnsealError, match=r"false adversaries.*try a smaller epsilon"):
+        FrontierStitching(key_size=20, epsilon=0.9).embed(model, digits[0])
 
 
 def test_cli_embed_then_verify_round_trip_with_exit_codes(model, other, digits, tmp_path) -> None:
@@ -196,7 +196,7 @@ def test_cli_embed_then_verify_round_trip_with_exit_codes(model, other, digits, 
     src, indep = save_model(model, tmp_path / "m.safetensors"), save_model(other, tmp_path / "o.safetensors")
     (tmp_path / "hmac").write_bytes(b"owner-secret")
     hmac = ["--hmac-key-file", str(tmp_path / "hmac")]
-    args = ["--key-size", str(KEY), "--eps", str(EPS), "--out", str(tmp_path / "wm.safetensors")]
+    args = ["--key-size", str(KEY), "--epsilon", str(EPS), "--out", str(tmp_path / "wm.safetensors")]
     embed = runner.invoke(
         main, ["watermark", "embed", str(src), *args, "--key", str(tmp_path / "k.nnseal"), *hmac, "--json"]
     )

@@ -253,116 +253,107 @@ def export_cmd(model: Path, out: Path) -> None:
     click.echo(f"wrote {out}")
 
 
-@main.command()
+def _params_help(title: str, registry: dict[str, Any], describe: Any) -> str:
+    """A command's help listing every registered kind, its flags and its parameters with defaults."""
+    lines = [title, "", "\b", "Kinds:"]
+    for name, item in sorted(registry.items()):
+        summary, params = describe(item)
+        lines.append(f"  {name}: {summary}")
+        lines.append("      parameters: " + (", ".join(f"{k}={v}" for k, v in params.items()) or "none"))
+    return "\n".join(lines)
+
+
+def _method_help() -> str:
+    from nnseal.methods import METHODS
+
+    def describe(m: Any) -> tuple[str, dict[str, Any]]:
+        first = " ".join((m.__doc__ or "").strip().split("\n\n")[0].split())
+        return first, m.own_defaults()
+
+    text = _params_help(
+        "Make a fingerprint of MODEL with --method (set its parameters with -p).", METHODS, describe
+    )
+    return text.replace("Kinds:", "Methods:")
+
+
+class _LiveHelp(click.Command):
+    """A command whose help text is built when shown, so it lists what the registries hold then."""
+
+    def __init__(self, *args: Any, live_help: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.live_help = live_help
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.help = self.live_help()
+        super().format_help_text(ctx, formatter)
+
+
+_params = click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Parameter of the kind chosen (repeatable).",
+)
+
+
+@main.command(cls=_LiveHelp, live_help=_method_help, short_help="Make a fingerprint of a model.")
 @click.argument("model", type=click.Path(path_type=Path))
+@click.option("--method", default="sensitive-sample", show_default=True, help="Fingerprinting method.")
+@_params
 @click.option("--data", "dataset", default="digits", show_default=True, help="Dataset the seeds come from.")
 @_root
 @click.option("--split", default="test", show_default=True)
-@click.option("-n", "--n-queries", default=10, show_default=True, help="Fingerprint size N_S.")
-@click.option(
-    "--method",
-    type=click.Choice(["sensitive-sample", "markers"]),
-    default="sensitive-sample",
-    show_default=True,
-    help="Sensitive samples (SSF) or TamperNN boundary markers.",
-)
-@click.option("--bag", "bag_size", default=100, show_default=True, help="Candidates generated.")
-@click.option(
-    "--selection", type=click.Choice(["manc", "random", "first"]), default="manc", show_default=True
-)
-@click.option(
-    "--strategy",
-    type=click.Choice(["natural", "adversarial", "bisection", "flip-rate", "hybrid"]),
-    default="adversarial",
-    show_default=True,
-    help="Markers: how they are crafted.",
-)
-@click.option("--marker-eps", default=0.3, show_default=True, help="Markers: PGD radius (L∞).")
-@click.option(
-    "--target-margin", default=1e-3, show_default=True, help="Markers: relative top-1 margin they land at."
-)
-@click.option("--steps", default=1000, show_default=True)
-@click.option("--lr", default=1e-2, show_default=True)
-@click.option("--epsilon", default=0.1, show_default=True, help="Radius of the ball around each seed.")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
-@click.option("--output", type=click.Choice(["probs", "logits"]), default="probs", show_default=True)
-@click.option("--params", help="Comma-separated parameter names W (default: last layer).")
+@click.option("-n", "--n-queries", type=int, help="Queries in the fingerprint [default: the method's].")
+@click.option("--pool-size", type=int, help="Seeds candidates are made from [default: the method's].")
 @click.option("--specs", default="top1,top3,top1-p4", show_default=True, help="Output specs to support.")
-@click.option("--min-margin", default=2e-5, show_default=True)
+@click.option("--min-margin", type=float, help="Relative noise every answer must survive [default: 2e-5].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fingerprint file to write.")
 @_signing
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @_json
 def fingerprint(
     model: Path,
+    method: str,
+    params: tuple[str, ...],
     dataset: str,
     root: Path | None,
     split: str,
-    n_queries: int,
-    method: str,
-    bag_size: int,
-    selection: str,
-    strategy: str,
-    marker_eps: float,
-    target_margin: float,
-    steps: int,
-    lr: float,
-    epsilon: float,
-    norm: str,
-    output: str,
-    params: str | None,
+    n_queries: int | None,
+    pool_size: int | None,
     specs: str,
-    min_margin: float,
+    min_margin: float | None,
     seed: int,
     out: Path,
     hmac_key_file: Path | None,
     sign_key: Path | None,
     no_sign: bool,
+    quiet: bool,
     as_json: bool,
 ) -> None:
-    """Make a fingerprint of MODEL: Sensitive-Sample (SSF) or TamperNN boundary markers."""
+    from nnseal._params import parse_pairs, typed_params
     from nnseal.data import load_dataset
-    from nnseal.methods import MarkerFingerprinter, SensitiveSampleFingerprinter
+    from nnseal.methods import METHODS
     from nnseal.models import load_model
 
+    if method not in METHODS:
+        raise NnsealError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    cls = METHODS[method]
+    options = typed_params(parse_pairs(params), cls.own_defaults(), f"method {method}")
+    common = {"n_queries": n_queries, "pool_size": pool_size, "min_margin": min_margin}
+    options.update({k: v for k, v in common.items() if v is not None})
+    fingerprinter = cls(specs=specs.split(","), seed=seed, progress=not (quiet or as_json), **options)
     keys = _signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
     data = load_dataset(dataset, root, split)
-    fingerprinter: MarkerFingerprinter | SensitiveSampleFingerprinter
-    if method == "markers":
-        fingerprinter = MarkerFingerprinter(
-            n_queries=n_queries,
-            pool_size=bag_size,
-            specs=specs.split(","),
-            min_margin=min_margin,
-            seed=seed,
-            strategy=strategy,
-            eps=marker_eps,
-            target_margin=target_margin,
-            ss_steps=steps,
-            ss_epsilon=epsilon,
-        )
-    else:
-        fingerprinter = SensitiveSampleFingerprinter(
-            n_queries=n_queries,
-            bag_size=bag_size,
-            selection=selection,
-            steps=steps,
-            lr=lr,
-            epsilon=epsilon,
-            norm=norm,
-            output=output,
-            params=params.split(",") if params else None,  # type: ignore[arg-type]
-            specs=specs.split(","),
-            min_margin=min_margin,
-            seed=seed,
-            progress=not as_json,
-        )
     fp = fingerprinter.fingerprint(m, data)
     fp.save(out, hmac_key=keys.hmac_key, ed25519_key=keys.ed25519)
     signed = keys.schemes
     info = {
         "fingerprint": str(out),
+        "method": fp.method,
         "n_queries": len(fp),
         "specs": fp.specs,
         "model_id": fp.model_id,
@@ -372,7 +363,8 @@ def fingerprint(
     _emit(
         info,
         as_json,
-        f"wrote {out}: {len(fp)} queries, specs {', '.join(fp.specs)}, signed: {', '.join(signed) or 'no'}",
+        f"wrote {out}: {len(fp)} {method} queries, specs {', '.join(fp.specs)}, "
+        f"signed: {', '.join(signed) or 'no'}",
     )
 
 
@@ -499,7 +491,7 @@ def watermark() -> None:
 @click.option("--data", "dataset", default="digits", show_default=True, help="The model's training data.")
 @_root
 @click.option("--key-size", default=100, show_default=True, help="Key inputs ℓ (even).")
-@click.option("--eps", default=0.25, show_default=True, help="FGSM step (L∞, pixels in [0, 1]).")
+@click.option("--epsilon", default=0.25, show_default=True, help="FGSM step (L∞, pixels in [0, 1]).")
 @click.option("--boost", default=10, show_default=True, help="Times the key is repeated in fine-tuning.")
 @click.option("--epochs", default=5.0, show_default=True, help="Most fine-tuning epochs.")
 @click.option("--lr", default=1e-3, show_default=True, help="Fine-tuning learning rate (Adam).")
@@ -513,7 +505,7 @@ def watermark_embed(
     dataset: str,
     root: Path | None,
     key_size: int,
-    eps: float,
+    epsilon: float,
     boost: int,
     epochs: float,
     lr: float,
@@ -535,7 +527,7 @@ def watermark_embed(
     keys = _signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
     train, test = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
-    params = {"key_size": key_size, "eps": eps, "boost": boost, "epochs": epochs, "lr": lr}
+    params = {"key_size": key_size, "epsilon": epsilon, "boost": boost, "epochs": epochs, "lr": lr}
     with tempfile.TemporaryDirectory() as work:
         result = run_attack(
             "watermark", m, params, train=train, test=test, seed=seed, workdir=work, progress=not as_json
@@ -615,23 +607,21 @@ def watermark_verify(
 def _attack_help() -> str:
     from nnseal.attacks import ATTACKS
 
-    lines = ["Apply attack KIND to MODEL and save the attacked copy with its lineage.", "", "\b", "Kinds:"]
-    for name, a in sorted(ATTACKS.items()):
+    def describe(a: Any) -> tuple[str, dict[str, Any]]:
         flags = ", ".join(
             f for f, on in (("needs data", a.needs_data), ("ONNX output", a.output == "onnx")) if on
         )
-        params = ", ".join(f"{k}={v}" for k, v in a.defaults().items())
-        lines.append(f"  {name}{f' [{flags}]' if flags else ''}: {a.description}")
-        lines.append(f"      parameters: {params or 'none'}")
-    return "\n".join(lines)
+        return (f"[{flags}] " if flags else "") + a.description, a.defaults()
+
+    return _params_help(
+        "Apply attack KIND to MODEL and save the attacked copy with its lineage.", ATTACKS, describe
+    )
 
 
-@main.command(help=_attack_help(), short_help="Apply a tampering attack to a model.")
+@main.command(cls=_LiveHelp, live_help=_attack_help, short_help="Apply a tampering attack to a model.")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("kind")
-@click.option(
-    "-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Attack parameter (repeatable)."
-)
+@_params
 @click.option(
     "--data", "dataset", default="digits", show_default=True, help="Data for training and accuracy."
 )
@@ -645,6 +635,7 @@ def attack(
     model: Path, kind: str, params: tuple[str, ...], dataset: str, root: Path | None, seed: int, out: Path,
     as_json: bool,
 ) -> None:  # fmt: skip
+    from nnseal._params import parse_pairs
     from nnseal.attacks import ATTACKS, run_attack
     from nnseal.data import load_dataset
     from nnseal.models import load_model
@@ -652,13 +643,7 @@ def attack(
     if kind not in ATTACKS:
         raise NnsealError(f"unknown attack {kind!r}; known: {', '.join(sorted(ATTACKS))}")
     spec = ATTACKS[kind]
-    pairs = {}
-    for item in params:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise NnsealError(f"attack parameters are KEY=VALUE, got {item!r}")
-        pairs[key] = value
-    parsed = spec.parse_params(pairs)
+    parsed = spec.parse_params(parse_pairs(params))
     if (out.suffix.lower() == ".onnx") != (spec.output == "onnx"):
         want = ".onnx" if spec.output == "onnx" else "an nnseal model file (.safetensors)"
         raise NnsealError(f"attack {kind} writes {spec.output} models: --out must be {want}")

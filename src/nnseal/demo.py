@@ -60,7 +60,7 @@ def run_demo(
     *,
     seed: int = 0,
     n_queries: int = 20,
-    bag_size: int = 200,
+    pool_size: int = 200,
     steps: int = 500,
     epochs: int = 20,
     progress: bool = True,
@@ -78,9 +78,9 @@ def run_demo(
     export_onnx(model, out / "model.onnx", train.input_shape)
     echo(f"      test accuracy {acc:.2%}; saved model.safetensors and model.onnx")
 
-    echo(f"[2/4] Sensitive-Sample fingerprint: bag of {bag_size}, {steps} steps, MANC picks {n_queries}")
+    echo(f"[2/4] Sensitive-Sample fingerprint: pool of {pool_size}, {steps} steps, MANC picks {n_queries}")
     method = SensitiveSampleFingerprinter(
-        n_queries=n_queries, bag_size=bag_size, steps=steps, seed=seed, specs=SPECS, progress=progress
+        n_queries=n_queries, pool_size=pool_size, steps=steps, seed=seed, specs=SPECS, progress=progress
     )
     fp = method.fingerprint(model, test)
     key, created = default_signing_key()
@@ -113,7 +113,7 @@ def run_demo(
         for name, target, expected, accuracy in copies
     ]
     elapsed = time.perf_counter() - t0
-    _write_report(out, rows, fp, acc, method.config(), seed, elapsed)
+    _write_report(out, rows, fp, acc, method.get_params(), seed, elapsed)
     echo("")
     echo(_text_table(rows))
     n_ok = sum(r.ok for r in rows)
@@ -144,10 +144,11 @@ def _write_report(
         "# nnseal demo report",
         "",
         f"LeNet on scikit-learn digits, test accuracy {acc:.2%}. Fingerprint: {len(fp)} Sensitive-Sample "
-        f"queries chosen by MANC from a bag of {config['bag_size']}. Each copy is verified under three "
-        "output specifications: the top-1 label alone (the hardest case), and the top-1 label with its "
-        "probability rounded to 2 and to 4 decimals (what an API returning probabilities gives). Cells "
-        "show the verdict and mismatching/answered queries; the verdict is *tampered* when any "
+        f"queries chosen by MANC from a pool (the paper's bag) of {config['pool_size']}. Each copy is "
+        "verified under three output specifications: the top-1 label alone (the hardest case), and the "
+        "top-1 label with its probability rounded to 2 and to 4 decimals (what an API returning "
+        "probabilities gives). Cells show the verdict and mismatching/answered queries; the verdict "
+        "is *tampered* when any "
         f"specification finds a mismatch. Model id `{fp.model_id[:16]}…`.",
         "",
         markdown_table(_HEADER, [_cells(r) for r in rows]),

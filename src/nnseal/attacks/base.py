@@ -24,6 +24,7 @@ import numpy as np
 from torch import nn
 
 from nnseal._io import atomic_write_bytes
+from nnseal._params import check_known, typed_params
 from nnseal.errors import ModelError, NnsealError
 from nnseal.models.architectures import check_data
 from nnseal.targets.base import Target
@@ -72,32 +73,7 @@ class Attack:
 
     def parse_params(self, pairs: dict[str, str]) -> dict[str, Any]:
         """Convert ``key=value`` strings (from the CLI) to the types of the defaults."""
-        defaults = self.defaults()
-        out: dict[str, Any] = {}
-        for key, raw in pairs.items():
-            key = key.replace("-", "_")
-            self._check_known(key, defaults)
-            default = defaults[key]
-            try:
-                if isinstance(default, bool):
-                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError(raw)
-                    out[key] = raw.lower() in ("true", "1", "yes")
-                elif isinstance(default, int):
-                    out[key] = int(raw)
-                elif isinstance(default, float):
-                    out[key] = float(raw)
-                else:
-                    out[key] = raw
-            except ValueError:
-                kind = type(default).__name__
-                raise ValueError(f"parameter {key} of {self.name} expects {kind}, got {raw!r}") from None
-        return out
-
-    def _check_known(self, key: str, defaults: dict[str, Any]) -> None:
-        if key not in defaults:
-            known = ", ".join(defaults) or "none"
-            raise ValueError(f"unknown parameter {key!r} for attack {self.name}; it accepts: {known}")
+        return typed_params(pairs, self.defaults(), f"attack {self.name}")
 
 
 ATTACKS: dict[str, Attack] = {}
@@ -193,7 +169,7 @@ def run_attack(
     params = dict(params or {})
     defaults = attack.defaults()
     for key in params:
-        attack._check_known(key, defaults)
+        check_known(key, defaults, f"attack {name}")
     if attack.needs_data and train is None:
         raise ValueError(f"attack {name} needs training data")
     for what, data in (("training data", train), ("test data", test)):

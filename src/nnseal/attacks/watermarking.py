@@ -18,19 +18,19 @@ def watermark(
     ctx: AttackContext,
     *,
     key_size: int = 100,
-    eps: float = 0.25,
+    epsilon: float = 0.25,
     boost: int = 10,
     epochs: float = 5.0,
     checks_per_epoch: int = 4,
     lr: float = 1e-3,
 ) -> nn.Module:
-    """Embed a frontier-stitching watermark (FGSM key of ``key_size`` inputs at ``eps``, fine-tuned on
+    """Embed a frontier-stitching watermark (FGSM key of ``key_size`` inputs at ``epsilon``, fine-tuned on
     clean data plus the key boosted ``boost`` times until the key is learnt); the key is saved in the
     work folder."""
     train = ctx.require_train("watermark")
     method = FrontierStitching(
         key_size=key_size,
-        eps=eps,
+        epsilon=epsilon,
         boost=boost,
         epochs=epochs,
         checks_per_epoch=checks_per_epoch,

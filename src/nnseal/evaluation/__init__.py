@@ -1,7 +1,7 @@
 """The evaluation harness: regenerate the SSF paper's tables for every selection method."""
 
 from nnseal.evaluation.config import ExperimentConfig, config_from_dict, load_config
-from nnseal.evaluation.experiment import SELECTIONS, Results, run_experiment
+from nnseal.evaluation.experiment import Results, run_experiment
 from nnseal.evaluation.report import write_outputs
 
 
@@ -13,7 +13,6 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> Results:
 
 
 __all__ = [
-    "SELECTIONS",
     "ExperimentConfig",
     "Results",
     "config_from_dict",

@@ -48,12 +48,22 @@ class MarkerSettings:
 
     strategies: list[str] = field(default_factory=list)  # adversarial, bisection, flip-rate, hybrid
     pool: int = 300  # natural seeds per strategy; seeds that reach no frontier are dropped
-    eps: float = 0.3
+    epsilon: float = 0.3
     pgd_steps: int = 20
     target_margin: float = 1e-3
     backoff: float = 0.05
     noise_factor: float = 4.0  # margin = max(fingerprint.min_margin, noise_factor × measured noise)
     ss_steps: int = 300
+
+
+@dataclass
+class MethodConfig:
+    """Any registered method (``nnseal.methods.METHODS``) evaluated as its own pool, named ``label``;
+    ``params`` are its keyword parameters (pool_size defaults to [fingerprint] pool)."""
+
+    label: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +101,7 @@ class ExperimentConfig:
     fingerprint: PoolConfig = field(default_factory=PoolConfig)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     markers: MarkerSettings = field(default_factory=MarkerSettings)
+    methods: list[MethodConfig] = field(default_factory=list)
     attacks: list[AttackConfig] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +116,32 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         raise NnsealError(f"unknown key(s) {unknown} in [{where}]; allowed: {', '.join(sorted(known))}")
     return cls(**raw)
+
+
+def _check_methods(methods: list[MethodConfig]) -> None:
+    from nnseal._params import check_known
+    from nnseal.methods import METHODS
+
+    reserved = {"natural", "sensitive", "ss-random", "ss-manc"}
+    labels = [m.label for m in methods]
+    if (
+        len(set(labels)) != len(labels)
+        or reserved & set(labels)
+        or any(x.startswith("marker-") for x in labels)
+    ):
+        raise NnsealError(
+            f"[[methods]] labels must be unique and not {sorted(reserved)} or marker-*: {labels}"
+        )
+    for m in methods:
+        if m.name not in METHODS:
+            raise NnsealError(
+                f"unknown method {m.name!r} in [[methods]]; known: {', '.join(sorted(METHODS))}"
+            )
+        try:
+            for key in m.params:
+                check_known(key, METHODS[m.name].defaults(), f"method {m.name}")
+        except ValueError as e:
+            raise NnsealError(str(e)) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
@@ -127,7 +164,7 @@ def config_from_dict(raw: dict[str, Any], base: Path | None = None) -> Experimen
         "evaluation": EvalSettings,
         "markers": MarkerSettings,
     }
-    top = {k: v for k, v in raw.items() if k not in (*sections, "attacks")}
+    top = {k: v for k, v in raw.items() if k not in (*sections, "attacks", "methods")}
     cfg = _build(ExperimentConfig, top, "top level")
     for key, cls in sections.items():
         if key in raw:
@@ -136,6 +173,11 @@ def config_from_dict(raw: dict[str, Any], base: Path | None = None) -> Experimen
     if not isinstance(attacks, list) or not attacks:
         raise NnsealError("config needs at least one [[attacks]] entry (name, kind, params)")
     cfg.attacks = [_build(AttackConfig, a, f"attacks #{i + 1}") for i, a in enumerate(attacks)]
+    methods = raw.get("methods", [])
+    if not isinstance(methods, list):
+        raise NnsealError("[[methods]] entries must be tables (label, name, params)")
+    cfg.methods = [_build(MethodConfig, m, f"methods #{i + 1}") for i, m in enumerate(methods)]
+    _check_methods(cfg.methods)
     names = [a.name for a in cfg.attacks]
     if len(set(names)) != len(names):
         raise NnsealError(f"attack names must be unique, got {names}")

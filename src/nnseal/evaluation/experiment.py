@@ -7,7 +7,11 @@ What a repetition re-draws:
 * SS + MANC — the bag (``bag`` candidates drawn from the pool, ``manc_bags`` times); MANC's picks are
   then deterministic, so each (bag, attacked model) pair is one exact outcome.
 * TamperNN markers (``[markers] strategies``) — one pool per strategy, random selection (exact), except
-  flip-rate markers, ordered by perturbation coverage within bags like MANC.
+  flip-rate markers, ordered by perturbation coverage within bags like MANC;
+* any registered method (``[[methods]]``) — its pool, random or ordered as its pool's cover says.
+
+Every pool and every ordered pick comes from the shipped method (:meth:`Method.pool`,
+:meth:`Method.select`), so the harness measures exactly what ``nnseal fingerprint`` makes.
 """
 
 from __future__ import annotations
@@ -34,54 +38,29 @@ from nnseal.evaluation.stats import (
     queries_needed,
 )
 from nnseal.fingerprint import Fingerprint
-from nnseal.methods.manc import manc_select, relu_activations
-from nnseal.methods.markers import MarkerGenerator, measure_noise
-from nnseal.methods.sensitive import SensitiveSampleGenerator
+from nnseal.methods import (
+    METHODS,
+    MarkerFingerprinter,
+    Method,
+    NaturalInputs,
+    Pool,
+    SensitiveSampleFingerprinter,
+)
 from nnseal.models import Classifier, export_onnx, load_model, model_id, train_model
 from nnseal.models.train import evaluate_accuracy
 from nnseal.outputs import OutputSpec
 from nnseal.targets import OnnxTarget, Target, TorchTarget
 from nnseal.verify import Status, verify
 
-SELECTIONS = (
-    "natural",
-    "ss-random",
-    "ss-manc",
-)  # always evaluated; marker selections are "marker-<strategy>"
-
 
 @dataclass
-class Pools:
-    """Candidate queries with the intact model's answers; rows failing the margin are dropped."""
+class Selection:
+    """One column of the tables: a pool and how queries are picked from it — ``random`` (exact,
+    hypergeometric) or ``ordered`` (the method's own greedy cover, within random bags)."""
 
-    natural: np.ndarray
-    natural_probs: np.ndarray
-    sensitive: np.ndarray
-    sensitive_probs: np.ndarray
-    seeds: np.ndarray
-    active: np.ndarray  # ReLU activity of each sensitive sample on the intact model, for MANC
-    generation_s: float
-    markers: dict[str, MarkerPool] = field(default_factory=dict)  # "marker-<strategy>" → pool
-
-
-@dataclass
-class MarkerPool:
-    x: np.ndarray
-    probs: np.ndarray
-    cover: np.ndarray | None  # flip-rate: which simulated perturbations flip each marker
-    noise: dict[str, float]
-    margin: float
-    candidates: int
-    generation_s: float
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "pool": len(self.x),
-            "candidates": self.candidates,
-            "max_noise": max(self.noise.values()),
-            "margin": self.margin,
-            "generation_s": self.generation_s,
-        }
+    name: str
+    pool: str
+    mode: str
 
 
 @dataclass
@@ -94,99 +73,82 @@ class Results:
     false_alarms: list[dict[str, Any]] = field(default_factory=list)
     monte_carlo: list[dict[str, Any]] = field(default_factory=list)
     markers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pools: dict[str, dict[str, Any]] = field(default_factory=dict)
     resolution: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
 
 
-def _keep_stable(probs: np.ndarray, specs: list[OutputSpec], min_margin: float) -> np.ndarray:
-    return np.min([s.margin(probs) for s in specs], axis=0) >= min_margin
-
-
-def build_pools(model: Classifier, test: Dataset, cfg: ExperimentConfig, progress: bool) -> Pools:
-    """Natural inputs and sensitive samples from seeded random test inputs, margin-filtered."""
-    fp, specs = cfg.fingerprint, [OutputSpec.parse(s) for s in cfg.evaluation.specs]
-    rng = np.random.default_rng(cfg.seed)
-    natural = test.x[rng.choice(len(test), min(fp.natural_pool, len(test)), replace=False)]
-    seeds = test.x[rng.choice(len(test), min(fp.pool, len(test)), replace=False)]
-    t0 = time.perf_counter()
-    gen = SensitiveSampleGenerator(
-        epsilon=fp.epsilon, norm=fp.norm, lr=fp.lr, steps=fp.steps, progress=progress
-    )  # type: ignore[arg-type]
-    sensitive = gen.generate(model, seeds).x
-    generation_s = time.perf_counter() - t0
-    target = TorchTarget(model)
-    nat_p, sen_p = target.predict(natural), target.predict(sensitive)
-    keep_n, keep_s = _keep_stable(nat_p, specs, fp.min_margin), _keep_stable(sen_p, specs, fp.min_margin)
-    sensitive = sensitive[keep_s]
-    pools = Pools(
-        natural[keep_n],
-        nat_p[keep_n],
-        sensitive,
-        sen_p[keep_s],
-        seeds[keep_s],
-        relu_activations(model, sensitive),
-        generation_s,
-    )
-    mk, ev = cfg.markers, cfg.evaluation
+def methods_from_config(cfg: ExperimentConfig, progress: bool = False) -> list[tuple[str, Method]]:
+    """(pool name, shipped method) for every pool the config asks for: natural inputs, sensitive
+    samples ([fingerprint]), one marker pool per [markers] strategy, then every [[methods]] entry."""
+    fp, mk = cfg.fingerprint, cfg.markers
+    common = {"n_queries": 1, "specs": cfg.evaluation.specs, "min_margin": fp.min_margin, "seed": cfg.seed}
+    out: list[tuple[str, Method]] = [
+        ("natural", NaturalInputs(pool_size=fp.natural_pool, **common)),
+        (
+            "sensitive",
+            SensitiveSampleFingerprinter(
+                pool_size=fp.pool, selection="manc", steps=fp.steps, lr=fp.lr, epsilon=fp.epsilon,
+                norm=fp.norm, progress=progress, **common,  # type: ignore[arg-type]
+            ),
+        ),
+    ]  # fmt: skip
     for strategy in mk.strategies:
-        t0 = time.perf_counter()
-        marker_seeds = test.x[rng.choice(len(test), min(mk.pool, len(test)), replace=False)]
-        generator = MarkerGenerator(
-            strategy,  # type: ignore[arg-type]
-            eps=mk.eps,
-            pgd_steps=mk.pgd_steps,
-            target_margin=mk.target_margin,
-            backoff=mk.backoff,
-            ss_steps=mk.ss_steps,
-            ss_epsilon=fp.epsilon,
-            seed=cfg.seed,
-        )
-        markers = generator.generate(model, marker_seeds)
-        probs = target.predict(markers.x)
-        noise = measure_noise(
-            model, markers.x, batch_sizes=ev.false_alarm_batch_sizes, threads=ev.false_alarm_threads
-        )
-        margin = max(fp.min_margin, mk.noise_factor * max(noise.values()))
-        keep = _keep_stable(probs, specs, margin)
-        pools.markers[f"marker-{strategy}"] = MarkerPool(
-            markers.x[keep],
-            probs[keep],
-            None if markers.flips is None else markers.flips[keep],
-            noise,
-            margin,
-            len(markers.x),
-            time.perf_counter() - t0,
-        )
-    return pools
-
-
-def selections(pools: Pools) -> list[tuple[str, str, str]]:
-    """(selection name, pool name, "random" | "ordered") for every selection evaluated."""
-    out = [
-        ("natural", "natural", "random"),
-        ("ss-random", "sensitive", "random"),
-        ("ss-manc", "sensitive", "ordered"),
-    ]
-    out += [(name, name, "random" if p.cover is None else "ordered") for name, p in pools.markers.items()]
+        marker = MarkerFingerprinter(
+            pool_size=mk.pool, strategy=strategy, epsilon=mk.epsilon, pgd_steps=mk.pgd_steps,
+            target_margin=mk.target_margin, backoff=mk.backoff, ss_steps=mk.ss_steps, ss_epsilon=fp.epsilon,
+            noise_factor=mk.noise_factor, **common,  # type: ignore[arg-type]
+        )  # fmt: skip
+        out.append((f"marker-{strategy}", marker))
+    for m in cfg.methods:
+        out.append((m.label, METHODS[m.name](**{**common, "pool_size": fp.pool, **m.params})))
     return out
 
 
-def _pool_arrays(pools: Pools) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Pool name → (queries, the intact model's answers)."""
-    arrays = {
-        "natural": (pools.natural, pools.natural_probs),
-        "sensitive": (pools.sensitive, pools.sensitive_probs),
-    }
-    arrays.update({name: (p.x, p.probs) for name, p in pools.markers.items()})
-    return arrays
+def build_pools(model: Classifier, test: Dataset, methods: dict[str, Method]) -> dict[str, Pool]:
+    """Every method's margin-filtered candidates, made by the shipped :meth:`Method.pool`."""
+    pools = {}
+    for name, method in methods.items():
+        t0 = time.perf_counter()
+        pools[name] = method.pool(model, test)
+        pools[name].info["generation_s"] = time.perf_counter() - t0
+    return pools
+
+
+def selections(pools: dict[str, Pool]) -> list[Selection]:
+    """Random picks from every pool; the method's ordered picks where its pool has a cover
+    (sensitive samples: SS + random and SS + MANC, the paper's columns)."""
+    out = []
+    for name, pool in pools.items():
+        if name == "sensitive":
+            out += [Selection("ss-random", name, "random"), Selection("ss-manc", name, "ordered")]
+        else:
+            out.append(Selection(name, name, "random" if pool.cover is None else "ordered"))
+    return out
+
+
+def _orders(
+    methods: dict[str, Method], pools: dict[str, Pool], sels: list[Selection], n_max: int, bags: int,
+    bag_size: int, rng: np.random.Generator,
+) -> dict[str, list[np.ndarray]]:  # fmt: skip
+    """Pick orders of the ordered selections: the method's own ``select`` within ``bags`` random bags."""
+    orders: dict[str, list[np.ndarray]] = {}
+    for sel in (s for s in sels if s.mode == "ordered"):
+        pool, bag = pools[sel.pool], min(bag_size, len(pools[sel.pool]))
+        orders[sel.name] = []
+        for _ in range(bags):
+            members = np.sort(rng.choice(len(pool), bag, replace=False))
+            picks = methods[sel.pool].select(pool.subset(members), min(n_max, bag), rng)
+            orders[sel.name].append(members[picks])
+    return orders
 
 
 def _detects(spec: OutputSpec, expected: np.ndarray, answers: np.ndarray) -> np.ndarray:
     return (spec.encode(expected) != spec.encode(answers)).any(axis=1)
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Results, Pools]:
+def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Results, dict[str, Pool]]:
     """Run everything the config asks for; returns results (JSON-ready) and the pools (for images)."""
     t_start = time.perf_counter()
     ev, specs = cfg.evaluation, [OutputSpec.parse(s) for s in cfg.evaluation.specs]
@@ -211,25 +173,20 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
         "machine": platform.machine(),
     }
     results.timings["train_s"] = time.perf_counter() - t_start
-    pools = build_pools(model, test, cfg, progress)
-    results.timings["generation_s"] = pools.generation_s
-    arrays, sels = _pool_arrays(pools), selections(pools)
-    n_max = min(ev.n_max, *(len(x) for x, _ in arrays.values()))
+    methods = dict(methods_from_config(cfg, progress))
+    pools = build_pools(model, test, methods)
+    results.timings["generation_s"] = pools["sensitive"].info["generation_s"]
+    sels = selections(pools)
+    n_max = min(ev.n_max, *(len(p) for p in pools.values()))
     results.resolution = {
-        "pool_sensitive": len(pools.sensitive),
-        "pool_natural": len(pools.natural),
+        "pool_sensitive": len(pools["sensitive"]),
+        "pool_natural": len(pools["natural"]),
         "n_max": n_max,
     }
-    results.markers = {name: p.summary() for name, p in pools.markers.items()}
-    cover = {"ss-manc": pools.active, **{n: p.cover for n, p in pools.markers.items() if p.cover is not None}}
+    results.pools = {name: _summary(p) for name, p in pools.items()}
+    results.markers = {name: results.pools[name] for name in pools if name.startswith("marker-")}
     rng = np.random.default_rng(cfg.seed + 1)
-    orders: dict[str, list[np.ndarray]] = {}
-    for sel, matrix in cover.items():
-        bag = min(cfg.fingerprint.bag, len(matrix))
-        orders[sel] = []
-        for _ in range(ev.manc_bags):
-            members = np.sort(rng.choice(len(matrix), bag, replace=False))
-            orders[sel].append(members[manc_select(matrix[members], min(n_max, bag))])
+    orders = _orders(methods, pools, sels, n_max, ev.manc_bags, cfg.fingerprint.bag, rng)
 
     results.false_alarms = _false_alarms(model, pools, specs, ev, Path(cfg.out), cfg.seed)
     t0 = time.perf_counter()
@@ -247,7 +204,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
                 workdir=Path(cfg.out) / "attacked" / f"{attack.name}-{k}",
             )
             target = result.target()
-            answers = {name: target.predict(x) for name, (x, _) in arrays.items()}
+            answers = {name: target.predict(p.x) for name, p in pools.items()}
             results.attacks.append(
                 {
                     "attack": attack.name,
@@ -258,7 +215,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
             )
             for s in specs:
                 detections[str(s)].append(
-                    {name: _detects(s, arrays[name][1], a) for name, a in answers.items()}
+                    {name: _detects(s, pools[name].probs, a) for name, a in answers.items()}
                 )
         results.curves[attack.name], results.needed[attack.name] = _curves(
             detections, sels, orders, n_max, ev.alphas
@@ -273,14 +230,14 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
 
 def _curves(
     detections: dict[str, list[dict[str, np.ndarray]]],
-    sels: list[tuple[str, str, str]],
+    sels: list[Selection],
     orders: dict[str, list[np.ndarray]],
     n_max: int,
     alphas: list[float],
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, dict[str, int | None]]]]:
-    curves: dict[str, dict[str, list[float]]] = {sel: {} for sel, _, _ in sels}
+    curves: dict[str, dict[str, list[float]]] = {s.name: {} for s in sels}
     for spec, per_model in detections.items():
-        for sel, pool, mode in sels:
+        for sel, pool, mode in ((s.name, s.pool, s.mode) for s in sels):
             if mode == "random":
                 curve = np.mean(
                     [missing_rate_exact(len(d[pool]), int(d[pool].sum()), n_max) for d in per_model], axis=0
@@ -320,41 +277,52 @@ def _monte_carlo_check(name: str, detections: dict, ev: Any, seed: int) -> list[
     return rows
 
 
+def _summary(pool: Pool) -> dict[str, Any]:
+    noise = pool.info.get("noise") or {"none measured": 0.0}
+    return {
+        "pool": len(pool),
+        "candidates": pool.info["candidates"],
+        "max_noise": max(noise.values()),
+        "margin": pool.info["noise_margin"],
+        "generation_s": pool.info["generation_s"],
+    }
+
+
 def _false_alarms(
-    model: Classifier, pools: Pools, specs: list[OutputSpec], ev: Any, out: Path, seed: int
+    model: Classifier, pools: dict[str, Pool], specs: list[OutputSpec], ev: Any, out: Path, seed: int
 ) -> list[dict[str, Any]]:
     """Query every pool sample on the intact model through each serving setup; any changed answer
     would be a false alarm for a fingerprint containing it. Then verify ``false_alarm_fingerprints``
     random 10-query fingerprints per pool through every setup under every spec with :func:`verify`."""
     onnx = export_onnx(model, out / "intact.onnx", model.config.input_shape)
-    targets: list[tuple[str, Target, int]] = [
-        (f"torch batch {b} threads {t}", TorchTarget(model, batch_size=b, threads=t), b)
+    targets: list[tuple[str, Target]] = [
+        (f"torch batch {b} threads {t}", TorchTarget(model, batch_size=b, threads=t))
         for b in ev.false_alarm_batch_sizes
         for t in ev.false_alarm_threads
     ]
-    targets.append(("onnxruntime", OnnxTarget(onnx), 64))
+    targets.append(("onnxruntime", OnnxTarget(onnx)))
     rng = np.random.default_rng(seed)
     fingerprints = {
-        pool: [
-            Fingerprint(x[idx], expected[idx], [str(s) for s in specs], model_id(model), "evaluation")
+        name: [
+            Fingerprint(p.x[idx], p.probs[idx], [str(s) for s in specs], model_id(model), "evaluation")
             for idx in (
-                rng.choice(len(x), min(10, len(x)), replace=False) for _ in range(ev.false_alarm_fingerprints)
+                rng.choice(len(p), min(10, len(p)), replace=False) for _ in range(ev.false_alarm_fingerprints)
             )
         ]
-        for pool, (x, expected) in _pool_arrays(pools).items()
+        for name, p in pools.items()
     }
     rows = []
-    for name, target, _ in targets:
-        for pool, (x, expected) in _pool_arrays(pools).items():
-            answers = target.predict(x)
-            verdicts = [verify(fp, target, s).status for fp in fingerprints[pool] for s in specs]
+    for name, target in targets:
+        for pool_name, p in pools.items():
+            answers = target.predict(p.x)
+            verdicts = [verify(fp, target, s).status for fp in fingerprints[pool_name] for s in specs]
             rows.append(
                 {
                     "target": name,
-                    "pool": pool,
-                    "queries": len(x),
-                    "comparisons": len(x) * len(specs),
-                    "changed_answers": int(sum(_detects(s, expected, answers).sum() for s in specs)),
+                    "pool": pool_name,
+                    "queries": len(p),
+                    "comparisons": len(p) * len(specs),
+                    "changed_answers": int(sum(_detects(s, p.probs, answers).sum() for s in specs)),
                     "verifications": len(verdicts),
                     "not_intact": sum(v is not Status.INTACT for v in verdicts),
                 }

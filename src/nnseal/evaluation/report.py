@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from nnseal._io import atomic_write_text
-from nnseal.evaluation.experiment import SELECTIONS, Pools, Results
+from nnseal.evaluation.experiment import Results
+from nnseal.methods import Pool
 from nnseal.report import image_grid, markdown_table, save_png
 
 # SSF paper (He, Zhang & Lee, CVPR 2019), top-1. Table 3: SS+MANC missing rate (%) at N_S.
@@ -35,6 +36,8 @@ PAPER_TABLE5 = {
         (31, 31, 30, 28, 25, 18, 8),
     ),
 }
+PAPER_COLUMNS = ("natural", "ss-random", "ss-manc")
+"""The selections the SSF paper's Table 5 reports, in its column order."""
 LABELS = {
     "natural": "natural (non-sensitive)",
     "ss-random": "SS + random",
@@ -46,7 +49,12 @@ LABELS = {
 }
 
 
-def write_outputs(results: Results, pools: Pools, out: str | Path) -> Path:
+def _label(selection: str) -> str:
+    """The report's name for a selection: the paper's for its own columns, else the config's label."""
+    return LABELS.get(selection, selection)
+
+
+def write_outputs(results: Results, pools: dict[str, Pool], out: str | Path) -> Path:
     """Write results.json, curves.csv, plots and report.md into ``out``; returns the report path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,9 +67,10 @@ def write_outputs(results: Results, pools: Pools, out: str | Path) -> Path:
             for spec, curve in by_spec.items():
                 w.writerows([attack, sel, spec, n + 1, f"{m:.6g}"] for n, m in enumerate(curve))
     atomic_write_text(out / "curves.csv", buf.getvalue())
-    picks = min(10, len(pools.sensitive))
+    sensitive, natural = pools["sensitive"], pools["natural"]
+    picks = min(10, len(sensitive), len(natural))
     save_png(
-        image_grid([pools.seeds[:picks], pools.sensitive[:picks], pools.natural[:picks]], scale=3),
+        image_grid([sensitive.seeds[:picks], sensitive.x[:picks], natural.x[:picks]], scale=3),  # type: ignore[index]
         out / "samples.png",
     )
     _plots(results, out)
@@ -83,7 +92,7 @@ def _plots(results: Results, out: Path) -> None:
         for sel in results.curves[attack]:
             curve = np.array(results.curves[attack][sel][spec])
             n = np.arange(1, len(curve) + 1)
-            ax.semilogy(n[curve > 0], curve[curve > 0], label=LABELS[sel])
+            ax.semilogy(n[curve > 0], curve[curve > 0], label=_label(sel))
         ax.set_title(attack)
         ax.set_xlabel("queries N_S")
         ax.set_xscale("log")
@@ -99,7 +108,7 @@ def _plots(results: Results, out: Path) -> None:
             need = [results.needed[attack][sel][spec][f"{a:g}"] for a in alphas]
             xs = [a for a, q in zip(alphas, need, strict=True) if q is not None]
             axes[0].plot(
-                xs, [q for q in need if q is not None], style, marker="o", label=f"{attack} {LABELS[sel]}"
+                xs, [q for q in need if q is not None], style, marker="o", label=f"{attack} {_label(sel)}"
             )
         nat = [results.needed[attack]["natural"][spec][f"{a:g}"] for a in alphas]
         manc = [results.needed[attack]["ss-manc"][spec][f"{a:g}"] for a in alphas]
@@ -207,7 +216,7 @@ def _markdown(r: Results) -> str:
     ]
     alphas = [f"{a:g}" for a in ev["alphas"]]
     for attack, need in r.needed.items():
-        rows = [[LABELS[sel], *[str(need[sel][spec][a] or "—") for a in alphas]] for sel in need]
+        rows = [[_label(sel), *[str(need[sel][spec][a] or "—") for a in alphas]] for sel in need]
         eff = [
             need["natural"][spec][a] / need["ss-manc"][spec][a]
             if need["natural"][spec][a] and need["ss-manc"][spec][a]
@@ -218,10 +227,10 @@ def _markdown(r: Results) -> str:
         paper = paper_of.get(attack)
         if paper in PAPER_TABLE5:
             by_alpha = dict(zip(PAPER_ALPHAS, zip(*PAPER_TABLE5[paper], strict=True), strict=True))
-            for i, sel in enumerate(SELECTIONS):
+            for i, sel in enumerate(PAPER_COLUMNS):
                 rows.append(
                     [
-                        f"paper {paper}: {LABELS[sel]}",
+                        f"paper {paper}: {_label(sel)}",
                         *[str(by_alpha[a][i]) if a in by_alpha else "" for a in alphas],
                     ]
                 )

@@ -10,7 +10,7 @@ about half of the key right; :func:`nnseal.watermark.verify_watermark` decides.
 
 Example::
 
-    marked, key, report = FrontierStitching(key_size=100, eps=0.25).embed(model, train, test=test)
+    marked, key, report = FrontierStitching(key_size=100, epsilon=0.25).embed(model, train, test=test)
     key.save("model.key.nnseal", hmac_key=b"secret")
     verify_watermark(key, TorchTarget(marked)).status   # Ownership.WATERMARKED
 """
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 METHOD = "frontier-stitching"
 
 
-def fgsm(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float, batch_size: int = 256) -> np.ndarray:
-    """One signed-gradient step of size ``eps`` that raises the cross-entropy of (x, y), clipped to
+def fgsm(model: nn.Module, x: np.ndarray, y: np.ndarray, epsilon: float, batch_size: int = 256) -> np.ndarray:
+    """One signed-gradient step of size ``epsilon`` that raises the cross-entropy of (x, y), clipped to
     the pixel box [0, 1] (the model sees the same range at training and at verification)."""
     model.eval()
     out = []
@@ -49,7 +49,7 @@ def fgsm(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float, batch_size:
         xb = torch.as_tensor(x[i : i + batch_size], dtype=torch.float32).requires_grad_(True)
         loss = nn.functional.cross_entropy(model(xb), torch.as_tensor(y[i : i + batch_size]), reduction="sum")
         (grad,) = torch.autograd.grad(loss, xb)
-        out.append((xb.detach() + eps * grad.sign()).clamp_(0.0, 1.0).numpy())
+        out.append((xb.detach() + epsilon * grad.sign()).clamp_(0.0, 1.0).numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -69,7 +69,7 @@ class EmbedReport:
     """What embedding did: the key's make-up, how long fine-tuning took, and what it cost."""
 
     key_size: int
-    eps: float
+    epsilon: float
     candidates: int
     true_available: int
     false_available: int
@@ -97,7 +97,7 @@ class FrontierStitching:
 
     Args:
         key_size: ℓ, the number of key inputs (even: ℓ/2 true + ℓ/2 false adversaries). Paper: 100.
-        eps: FGSM step in [0, 1] pixel units. Paper and WRT default: 0.25.
+        epsilon: FGSM step in [0, 1] pixel units. Paper and WRT default: 0.25.
         pool_factor: candidates drawn per key input (WRT ``key_expansion_factor``: 10); the pool
             doubles until both kinds are found, up to every correctly classified input.
         boost: times the key is repeated in the fine-tuning stream (WRT ``boost_factor``: 10).
@@ -117,7 +117,7 @@ class FrontierStitching:
         self,
         *,
         key_size: int = 100,
-        eps: float = 0.25,
+        epsilon: float = 0.25,
         pool_factor: int = 10,
         boost: int = 10,
         epochs: float = 5.0,
@@ -130,20 +130,25 @@ class FrontierStitching:
     ) -> None:
         if key_size < 2 or key_size % 2:
             raise ValueError(f"key_size must be an even number >= 2, got {key_size}")
-        if not 0 < eps <= 1:
-            raise ValueError(f"eps must be in (0, 1] (pixel units), got {eps}")
+        if not 0 < epsilon <= 1:
+            raise ValueError(f"epsilon must be in (0, 1] (pixel units), got {epsilon}")
         if pool_factor < 1 or boost < 1 or checks_per_epoch < 1:
             raise ValueError("pool_factor, boost and checks_per_epoch must be >= 1")
         if epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {epochs}")
-        self.key_size, self.eps, self.pool_factor, self.boost = int(key_size), float(eps), pool_factor, boost
+        self.key_size, self.epsilon, self.pool_factor, self.boost = (
+            int(key_size),
+            float(epsilon),
+            pool_factor,
+            boost,
+        )
         self.epochs, self.checks_per_epoch, self.lr = float(epochs), int(checks_per_epoch), float(lr)
         self.batch_size, self.optimizer, self.seed, self.progress = batch_size, optimizer, int(seed), progress
 
     def config(self) -> dict[str, Any]:
         return {
             "key_size": self.key_size,
-            "eps": self.eps,
+            "epsilon": self.epsilon,
             "pool_factor": self.pool_factor,
             "boost": self.boost,
             "epochs": self.epochs,
@@ -172,7 +177,7 @@ class FrontierStitching:
         xs, ys, flipped, src = [], [], [], []
         while True:
             idx = order[done:pool]
-            x_adv = fgsm(model, data.x[idx], data.y[idx], self.eps)
+            x_adv = fgsm(model, data.x[idx], data.y[idx], self.epsilon)
             xs.append(x_adv)
             ys.append(data.y[idx])
             flipped.append(predict_logits(model, x_adv).argmax(1).numpy() != data.y[idx])
@@ -186,8 +191,8 @@ class FrontierStitching:
         if n_true < half or n_false < half:
             hint = "larger" if n_true < half else "smaller"
             raise NnsealError(
-                f"eps={self.eps} gives {n_true} true and {n_false} false adversaries among {done} correctly "
-                f"classified inputs; the key needs {half} of each (try a {hint} eps)"
+                f"epsilon={self.epsilon} gives {n_true} true and {n_false} false adversaries among {done} "
+                f"correctly classified inputs; the key needs {half} of each (try a {hint} epsilon)"
             )
         x_all, y_all, f_all, s_all = (np.concatenate(a) for a in (xs, ys, flipped, src))
         pick = np.concatenate([np.flatnonzero(f_all)[:half], np.flatnonzero(~f_all)[:half]])
@@ -255,7 +260,7 @@ class FrontierStitching:
         )
         report = EmbedReport(
             key_size=self.key_size,
-            eps=self.eps,
+            epsilon=self.epsilon,
             candidates=info["candidates"],
             true_available=info["true_available"],
             false_available=info["false_available"],

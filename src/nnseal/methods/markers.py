@@ -33,11 +33,9 @@ import torch
 from torch import nn
 
 from nnseal.errors import NnsealError
-from nnseal.fingerprint import Fingerprint
-from nnseal.methods.manc import manc_select
+from nnseal.methods.base import Method, Pool, answers
 from nnseal.methods.sensitive import SensitiveSampleGenerator
-from nnseal.models.architectures import check_data
-from nnseal.models.io import export_onnx, model_id
+from nnseal.models.io import export_onnx
 from nnseal.outputs import OutputSpec
 from nnseal.targets.base import Target
 from nnseal.targets.local import OnnxTarget, TorchTarget
@@ -50,30 +48,28 @@ STRATEGIES: tuple[str, ...] = ("natural", "adversarial", "bisection", "flip-rate
 TOP1 = OutputSpec.parse("top1")
 
 
-def _probs(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    return TorchTarget(model).predict(x)
-
-
 def top1_margin(probs: np.ndarray) -> np.ndarray:
     """Relative noise the top-1 label survives (see :meth:`OutputSpec.margin`)."""
     return TOP1.margin(probs)
 
 
-def pgd(model: nn.Module, x: np.ndarray, *, eps: float = 0.3, steps: int = 20, seed: int = 0) -> np.ndarray:
+def pgd(
+    model: nn.Module, x: np.ndarray, *, epsilon: float = 0.3, steps: int = 20, seed: int = 0
+) -> np.ndarray:
     """Untargeted L∞ PGD with a random start, kept in [0, 1]; returns the last iterate."""
     model = model.eval()
     x0 = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     with torch.no_grad():
         labels = model(x0).argmax(1)
     gen = torch.Generator().manual_seed(seed)
-    xa = (x0 + eps * (2 * torch.rand(x0.shape, generator=gen) - 1)).clamp(0, 1)
-    step = 2.5 * eps / max(steps, 1)
+    xa = (x0 + epsilon * (2 * torch.rand(x0.shape, generator=gen) - 1)).clamp(0, 1)
+    step = 2.5 * epsilon / max(steps, 1)
     for _ in range(steps):
         xa.requires_grad_(True)
         loss = nn.functional.cross_entropy(model(xa), labels)
         (grad,) = torch.autograd.grad(loss, xa)
         with torch.no_grad():
-            xa = torch.minimum(torch.maximum(xa + step * grad.sign(), x0 - eps), x0 + eps).clamp(0, 1)
+            xa = torch.minimum(torch.maximum(xa + step * grad.sign(), x0 - epsilon), x0 + epsilon).clamp(0, 1)
     return xa.detach().numpy()
 
 
@@ -83,10 +79,10 @@ def bisect_margin(
     """On each segment inside → outside, the point farthest along where ``inside``'s label still wins
     with top-1 margin ≥ ``target_margin``. Returns (points, ok); ``ok`` is False where the segment
     does not start inside or does not leave the class (no frontier to land on)."""
-    labels = _probs(model, inside).argmax(1)
+    labels = answers(model, inside).argmax(1)
 
     def keeps(t: np.ndarray) -> np.ndarray:
-        p = _probs(model, _along(inside, outside, t))
+        p = answers(model, _along(inside, outside, t))
         return (p.argmax(1) == labels) & (top1_margin(p) >= target_margin)
 
     lo, hi = np.zeros(len(inside)), np.ones(len(inside))
@@ -170,8 +166,8 @@ def default_perturbations(
 
 def flip_matrix(model: nn.Module, x: np.ndarray, perturbations: Sequence[Perturbation]) -> np.ndarray:
     """(len(x), len(perturbations)) booleans: does the perturbed model change x's top-1 label?"""
-    base = _probs(model, x).argmax(1)
-    return np.stack([_probs(p.apply(model), x).argmax(1) != base for p in perturbations], axis=1)
+    base = answers(model, x).argmax(1)
+    return np.stack([answers(p.apply(model), x).argmax(1) != base for p in perturbations], axis=1)
 
 
 def measure_noise(
@@ -184,7 +180,7 @@ def measure_noise(
 ) -> dict[str, float]:
     """Largest relative probability change of any top-2 class between the full-batch answer and each
     serving setup (torch batch sizes × thread counts, and ONNX Runtime)."""
-    ref = _probs(model, x)
+    ref = answers(model, x)
     top2 = np.argsort(-ref, axis=1)[:, :2]
     targets: list[tuple[str, Target]] = [
         (f"torch batch {b} threads {t}", TorchTarget(model, batch_size=b, threads=t))
@@ -205,10 +201,12 @@ def measure_noise(
 
 @dataclass
 class Markers:
-    """Candidate markers, the natural inputs they came from, and (flip-rate) a coverage matrix."""
+    """Candidate markers, the natural inputs they came from (and their positions among the seeds
+    given: seeds that reach no frontier are dropped), and (flip-rate) a coverage matrix."""
 
     x: np.ndarray
     seeds: np.ndarray
+    index: np.ndarray
     flips: np.ndarray | None = None
 
 
@@ -217,7 +215,8 @@ class MarkerGenerator:
 
     Args:
         strategy: one of :data:`STRATEGIES`.
-        eps, pgd_steps: PGD budget (L∞, [0, 1] pixels) for adversarial / flip-rate / hybrid.
+        epsilon, pgd_steps: PGD budget (L∞ radius in [0, 1] pixels, steps) for adversarial /
+            flip-rate / hybrid.
         target_margin: where markers land — the top-1 label wins by this relative margin
             (≈ half the top-1/top-2 logit gap); larger than the noise margin, small enough to be fragile.
         iters: bisection steps (2⁻³⁰ of the segment by default).
@@ -230,7 +229,7 @@ class MarkerGenerator:
         self,
         strategy: Strategy = "adversarial",
         *,
-        eps: float = 0.3,
+        epsilon: float = 0.3,
         pgd_steps: int = 20,
         target_margin: float = 1e-3,
         iters: int = 30,
@@ -242,9 +241,9 @@ class MarkerGenerator:
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown marker strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-        if not 0 < target_margin < 1 or eps <= 0 or iters < 1 or backoff < 0:
-            raise ValueError("need 0 < target_margin < 1, eps > 0, iters >= 1 and backoff >= 0")
-        self.strategy, self.eps, self.pgd_steps = strategy, float(eps), int(pgd_steps)
+        if not 0 < target_margin < 1 or epsilon <= 0 or iters < 1 or backoff < 0:
+            raise ValueError("need 0 < target_margin < 1, epsilon > 0, iters >= 1 and backoff >= 0")
+        self.strategy, self.epsilon, self.pgd_steps = strategy, float(epsilon), int(pgd_steps)
         self.target_margin, self.iters, self.backoff = float(target_margin), int(iters), float(backoff)
         self.perturbations = (
             list(perturbations) if perturbations is not None else default_perturbations(seed=seed)
@@ -254,7 +253,7 @@ class MarkerGenerator:
     def config(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
-            "eps": self.eps,
+            "epsilon": self.epsilon,
             "pgd_steps": self.pgd_steps,
             "target_margin": self.target_margin,
             "iters": self.iters,
@@ -270,13 +269,13 @@ class MarkerGenerator:
         model = model.eval()
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
         if self.strategy == "natural":
-            return Markers(seeds, seeds)
+            return Markers(seeds, seeds, np.arange(len(seeds)))
         if self.strategy == "bisection":
             labels_of = target_labels(TorchTarget(model))
             rng = np.random.default_rng(self.seed)
             partners = seeds[rng.permutation(len(seeds))]
             x, ok = bisect_labels(labels_of, seeds, partners, iters=self.iters, backoff=self.backoff)
-            return Markers(x[ok], seeds[ok])
+            return Markers(x[ok], seeds[ok], np.flatnonzero(ok))
         start = seeds
         if self.strategy == "hybrid":
             start = (
@@ -284,26 +283,25 @@ class MarkerGenerator:
                 .generate(model, seeds)
                 .x
             )
-        adversarial = pgd(model, start, eps=self.eps, steps=self.pgd_steps, seed=self.seed)
+        adversarial = pgd(model, start, epsilon=self.epsilon, steps=self.pgd_steps, seed=self.seed)
         x, ok = bisect_margin(model, start, adversarial, self.target_margin, self.iters)
-        markers = Markers(x[ok], seeds[ok])
+        markers = Markers(x[ok], seeds[ok], np.flatnonzero(ok))
         if self.strategy == "flip-rate":
             markers.flips = flip_matrix(model, markers.x, self.perturbations)
         return markers
 
 
-class MarkerFingerprinter:
+class MarkerFingerprinter(Method):
     """A fingerprint of ``n_queries`` boundary markers for :func:`nnseal.verify.verify`.
 
     Args:
-        n_queries: markers in the fingerprint.
-        pool_size: natural seeds drawn from ``data`` (some reach no frontier and are dropped).
-        specs: output specs the fingerprint must be valid for.
-        min_margin: floor of the noise margin (relative, as :meth:`OutputSpec.margin`).
+        strategy, epsilon, pgd_steps, target_margin, iters, backoff, ss_steps, ss_epsilon: see
+            :class:`MarkerGenerator`.
         noise_factor: the margin is at least this many times the noise :func:`measure_noise` measured.
         noise_onnx: include ONNX Runtime in the noise measurement (exports the model to a temp dir).
-        seed: draws the seeds, the PGD start and the random selection.
-        **generator: :class:`MarkerGenerator` options (strategy, eps, target_margin, …).
+        **common: ``n_queries``, ``pool_size`` (natural seeds; some reach no frontier and are
+            dropped), ``specs``, ``min_margin`` (the margin's floor), ``seed``: see
+            :class:`~nnseal.methods.base.Method`.
     """
 
     name = "tampernn-markers"
@@ -311,73 +309,51 @@ class MarkerFingerprinter:
     def __init__(
         self,
         *,
-        n_queries: int = 10,
         pool_size: int = 200,
-        specs: Sequence[str] = ("top1",),
-        min_margin: float = 2e-5,
+        strategy: Strategy = "adversarial",
+        epsilon: float = 0.3,
+        pgd_steps: int = 20,
+        target_margin: float = 1e-3,
+        iters: int = 30,
+        backoff: float = 0.05,
+        ss_steps: int = 300,
+        ss_epsilon: float = 0.1,
         noise_factor: float = 4.0,
         noise_onnx: bool = True,
-        seed: int = 0,
-        **generator: Any,
+        **common: Any,
     ) -> None:
-        if n_queries < 1 or pool_size < n_queries:
-            raise ValueError(f"need 1 <= n_queries <= pool_size, got {n_queries} and {pool_size}")
-        if min_margin < 0 or noise_factor < 0:
-            raise ValueError("min_margin and noise_factor must be >= 0")
-        self.n_queries, self.pool_size, self.seed = int(n_queries), int(pool_size), int(seed)
-        self.specs = [OutputSpec.parse(s) for s in specs]
-        self.min_margin, self.noise_factor, self.noise_onnx = (
-            float(min_margin),
-            float(noise_factor),
-            noise_onnx,
+        super().__init__(pool_size=pool_size, **common)
+        if noise_factor < 0:
+            raise ValueError(f"noise_factor must be >= 0, got {noise_factor}")
+        self.noise_factor, self.noise_onnx = float(noise_factor), noise_onnx
+        self.generator = MarkerGenerator(
+            strategy,
+            epsilon=epsilon,
+            pgd_steps=pgd_steps,
+            target_margin=target_margin,
+            iters=iters,
+            backoff=backoff,
+            ss_steps=ss_steps,
+            ss_epsilon=ss_epsilon,
+            seed=self.seed,
         )
-        self.generator = MarkerGenerator(seed=seed, **generator)
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "n_queries": self.n_queries,
-            "pool_size": self.pool_size,
-            "min_margin": self.min_margin,
-            "noise_factor": self.noise_factor,
-            **self.generator.config(),
-        }
+    def own_params(self) -> dict[str, Any]:
+        return {"noise_factor": self.noise_factor, "noise_onnx": self.noise_onnx, **self.generator.config()}
 
-    def fingerprint(self, model: nn.Module, data: Dataset) -> Fingerprint:
-        check_data(model, data.input_shape, len(data.classes))
-        rng = np.random.default_rng(self.seed)
-        seed_idx = np.sort(rng.choice(len(data), min(self.pool_size, len(data)), replace=False))
-        markers = self.generator.generate(model, data.x[seed_idx])
+    def candidates(self, model: nn.Module, data: Dataset, rng: np.random.Generator) -> Pool:
+        idx = self.draw_seeds(data, rng)
+        markers = self.generator.generate(model, data.x[idx])
         if len(markers.x) == 0:
-            raise NnsealError("no marker candidate reached a decision frontier; raise eps or pool_size")
-        probs = _probs(model, markers.x)
-        noise = measure_noise(model, markers.x, onnx=self.noise_onnx)
-        margin = max(self.min_margin, self.noise_factor * max(noise.values()))
-        stable = np.flatnonzero(np.min([s.margin(probs) for s in self.specs], axis=0) >= margin)
-        if len(stable) < self.n_queries:
-            raise NnsealError(
-                f"only {len(stable)} of {len(markers.x)} markers clear the noise margin {margin:.2g}; "
-                "raise pool_size or target_margin"
-            )
+            raise NnsealError("no marker candidate reached a decision frontier; raise epsilon or pool_size")
+        probs = answers(model, markers.x)
+        details = {"seed_indices": idx[markers.index], "top1_margin": top1_margin(probs)}
         if markers.flips is not None:
-            chosen = stable[manc_select(markers.flips[stable], self.n_queries)]
-        else:
-            chosen = np.sort(rng.choice(stable, self.n_queries, replace=False))
-        return Fingerprint(
-            queries=markers.x[chosen],
-            probabilities=probs[chosen],
-            specs=[str(s) for s in self.specs],
-            model_id=model_id(model),
-            method=self.name,
-            params=self.config(),
-            seeds=markers.seeds[chosen],
-            provenance={
-                "dataset": data.name,
-                "candidates": len(markers.x),
-                "stable_candidates": len(stable),
-                "noise": noise,
-                "noise_margin": margin,
-                "top1_margin": top1_margin(probs[chosen]).tolist(),
-                "flip_rate": None if markers.flips is None else markers.flips[chosen].mean(1).tolist(),
-                "torch": torch.__version__,
-            },
-        )
+            details["flip_rate"] = markers.flips.mean(1)
+        return Pool(markers.x, probs, markers.seeds, markers.flips, details)
+
+    def noise_margin(self, model: nn.Module, pool: Pool) -> float:
+        """``max(min_margin, noise_factor × noise)``: markers sit near a frontier on purpose."""
+        noise = measure_noise(model, pool.x, onnx=self.noise_onnx)
+        pool.info["noise"] = noise
+        return max(self.min_margin, self.noise_factor * max(noise.values()))

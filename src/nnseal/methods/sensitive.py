@@ -242,6 +242,7 @@ class SensitiveSampleGenerator:
             "output": self.output,
             "params": self.params or list(LAST_LAYER),
             "bounds": list(self.bounds),
+            "batch_size": self.batch_size,
         }
 
     def _value_and_grad(
