@@ -211,10 +211,7 @@ def main() -> int:
             assert base is not None
             attack_train = train if case.train_subset is None else train.subset(slice(0, case.train_subset))
             t = time.perf_counter()
-            workdir = Path(tmp) / case.label.replace(" ", "_")
-            res = run_attack(
-                case.kind, base, case.params, train=attack_train, test=test, seed=args.seed, workdir=workdir
-            )
+            res = run_attack(case.kind, base, case.params, train=attack_train, test=test, seed=args.seed)
             seconds = time.perf_counter() - t
             results[case.label] = res
             metrics = dict(res.record["metrics"])

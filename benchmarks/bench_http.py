@@ -73,7 +73,11 @@ def main() -> None:
     train_s = time.perf_counter() - t
     t = time.perf_counter()
     method = SensitiveSampleFingerprinter(
-        n_queries=args.n_queries, pool_size=2 * args.n_queries, steps=300, seed=args.seed, specs=["top1", SPEC]
+        n_queries=args.n_queries,
+        pool_size=2 * args.n_queries,
+        steps=300,
+        seed=args.seed,
+        specs=["top1", SPEC],
     )
     fp = method.fingerprint(model, test)
     fingerprint_s = time.perf_counter() - t
@@ -83,7 +87,7 @@ def main() -> None:
     requests: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as work:
         intact = export_onnx(model, Path(work) / "intact.onnx", model.config.input_shape)
-        attacked = run_attack("onnx-quantize", model, workdir=Path(work) / "attack")
+        attacked = run_attack("onnx-quantize", model)
         int8 = attacked.save(Path(work) / "int8.onnx")
         with MLServer({"intact": intact, "int8": int8}, Path(work) / "server") as server:
             print(f"MLServer ready in {server.startup_s:.1f} s at {server.url}", flush=True)

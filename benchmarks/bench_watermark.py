@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -258,48 +257,46 @@ def main() -> int:
     # (b) robustness at ε = 0.25
     t = time.perf_counter()
     robust_rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-watermark-") as tmp:
-        for arch, key in keys.items():
-            wm = marked[arch]
-            base = {
+    for arch, key in keys.items():
+        wm = marked[arch]
+        base = {
+            "arch": arch,
+            "epsilon": key.params["epsilon"],
+            "attack": "none (watermarked)",
+            "lineage": "original",
+        }
+        seq = verify_watermark(key, TorchTarget(wm), alpha=ALPHA, sequential=True)
+        robust_rows.append(
+            {**base, "accuracy_before": None, "accuracy_after": evaluate_accuracy(wm, test),
+             "sequential_queries": seq.queries_used,
+             **verdict_row(key, TorchTarget(wm), calibrated[arch])}
+        )  # fmt: skip
+        for label, kind, params in attacks:
+            t_a = time.perf_counter()
+            try:
+                res = run_attack(
+                    kind, wm, params, train=train, test=test, seed=args.seed + 1
+                )  # fmt: skip
+            except (NnsealError, ValueError) as e:
+                robust_rows.append({"arch": arch, "attack": label, "error": str(e)})
+                print(f"  {arch} {label}: {e}", flush=True)
+                continue
+            row = {
                 "arch": arch,
                 "epsilon": key.params["epsilon"],
-                "attack": "none (watermarked)",
-                "lineage": "original",
+                "attack": label,
+                "lineage": res.lineage_str,
+                "accuracy_before": res.record["metrics"]["accuracy_before"],
+                "accuracy_after": res.record["metrics"]["accuracy_after"],
+                **verdict_row(key, res.target(), calibrated[arch]),
+                "seconds": time.perf_counter() - t_a,
             }
-            seq = verify_watermark(key, TorchTarget(wm), alpha=ALPHA, sequential=True)
-            robust_rows.append(
-                {**base, "accuracy_before": None, "accuracy_after": evaluate_accuracy(wm, test),
-                 "sequential_queries": seq.queries_used,
-                 **verdict_row(key, TorchTarget(wm), calibrated[arch])}
-            )  # fmt: skip
-            for label, kind, params in attacks:
-                t_a = time.perf_counter()
-                try:
-                    res = run_attack(
-                        kind, wm, params, train=train, test=test, seed=args.seed + 1,
-                        workdir=Path(tmp) / f"{arch}-{label.replace(' ', '_')}",
-                    )  # fmt: skip
-                except (NnsealError, ValueError) as e:
-                    robust_rows.append({"arch": arch, "attack": label, "error": str(e)})
-                    print(f"  {arch} {label}: {e}", flush=True)
-                    continue
-                row = {
-                    "arch": arch,
-                    "epsilon": key.params["epsilon"],
-                    "attack": label,
-                    "lineage": res.lineage_str,
-                    "accuracy_before": res.record["metrics"]["accuracy_before"],
-                    "accuracy_after": res.record["metrics"]["accuracy_after"],
-                    **verdict_row(key, res.target(), calibrated[arch]),
-                    "seconds": time.perf_counter() - t_a,
-                }
-                robust_rows.append(row)
-                print(
-                    f"  {arch} {label}: acc {pct(row['accuracy_after'])}, key {row['key_accuracy']:.2f}, "
-                    f"p={row['p_paper']:.2g} ({row['seconds']:.0f} s)",
-                    flush=True,
-                )
+            robust_rows.append(row)
+            print(
+                f"  {arch} {label}: acc {pct(row['accuracy_after'])}, key {row['key_accuracy']:.2f}, "
+                f"p={row['p_paper']:.2g} ({row['seconds']:.0f} s)",
+                flush=True,
+            )
     timings["robustness"] = time.perf_counter() - t
 
     print("\n(a) accuracy cost of embedding, key size 100 (test accuracy %, 10k MNIST test images)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,23 @@ from nnseal.models import Classifier, train_model
 torch.set_num_threads(2)
 
 FP_SPECS = ("top1", "top3", "top1-p2", "top1-p4")
+LIBRARY_CACHES = {"torchinductor_root", ".ses"}
+"""Kept in the temp folder by the libraries themselves, by design: torch's compile cache (ONNX export
+goes through torch.export) and ONNX Runtime's session-id file."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temp_folder_left_clean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every temporary file nnseal (or a server it starts) makes goes to one folder for the session,
+    which must be empty at the end: nothing may leak into the machine's temp folder."""
+    folder = tmp_path_factory.mktemp("tempdir")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", str(folder))
+    patch.setattr(tempfile, "tempdir", str(folder))
+    yield
+    patch.undo()
+    left = sorted(p.name for p in folder.iterdir() if p.name not in LIBRARY_CACHES)
+    assert not left, f"tests left files in the temp folder: {left[:10]}"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -40,7 +40,7 @@ def test_every_attack_yields_a_loadable_model_with_lineage_that_differs_in_weigh
 ) -> None:
     train, test = digits
     before = copy.deepcopy(model.state_dict())
-    result = run_attack(name, model, FAST.get(name, {}), train=train, test=test, seed=1, workdir=tmp_path)
+    result = run_attack(name, model, FAST.get(name, {}), train=train, test=test, seed=1)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"{name} modified the original model"
     record = result.record

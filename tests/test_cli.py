@@ -100,14 +100,26 @@ def test_bad_target_and_bad_arguments(files) -> None:
     r = _verify(files, str(files["model"]), "--spec", "top99")
     assert r.exit_code == 2 and "not valid for output spec top99" in r.stderr
     r = CliRunner().invoke(
-        main, ["fingerprint", str(files["model"]), "--out", str(files["dir"] / "x.nnseal"), "-p", "epsilon=-1"]
+        main,
+        ["fingerprint", str(files["model"]), "--out", str(files["dir"] / "x.nnseal"), "-p", "epsilon=-1"],
     )
     assert r.exit_code == 2 and "epsilon" in r.stderr
     assert not (files["dir"] / "x.nnseal").exists()
 
 
 def _fingerprint(files, out: Path, *extra: str):
-    args = ["fingerprint", str(files["model"]), "--out", str(out), "-n", "4", "--pool-size", "20", "-p", "steps=50"]
+    args = [
+        "fingerprint",
+        str(files["model"]),
+        "--out",
+        str(out),
+        "-n",
+        "4",
+        "--pool-size",
+        "20",
+        "-p",
+        "steps=50",
+    ]
     return CliRunner().invoke(main, [*args, *extra])
 
 

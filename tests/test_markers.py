@@ -159,8 +159,17 @@ def test_fingerprint_round_trip_and_errors(model, digits, tmp_path) -> None:
 def test_cli_markers_fingerprint_and_verify(model, tmp_path) -> None:
     save_model(model, tmp_path / "m.safetensors")
     runner = CliRunner()
-    args = ["fingerprint", str(tmp_path / "m.safetensors"), "--method", "tampernn-markers", "-p", "strategy=flip-rate"]
-    r = runner.invoke(main, [*args, "-n", "6", "--pool-size", "60", "--out", str(tmp_path / "fp.nnseal"), "--json"])
+    args = [
+        "fingerprint",
+        str(tmp_path / "m.safetensors"),
+        "--method",
+        "tampernn-markers",
+        "-p",
+        "strategy=flip-rate",
+    ]
+    r = runner.invoke(
+        main, [*args, "-n", "6", "--pool-size", "60", "--out", str(tmp_path / "fp.nnseal"), "--json"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["params"]["strategy"] == "flip-rate"
     r = runner.invoke(main, ["verify", str(tmp_path / "fp.nnseal"), str(tmp_path / "m.safetensors")])

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -519,20 +518,15 @@ def watermark_embed(
 ) -> None:
     """Watermark MODEL; write the watermarked copy (with its lineage) and the signed key."""
     from nnseal.attacks import run_attack
-    from nnseal.attacks.watermarking import KEY_FILE
     from nnseal.data import load_dataset
-    from nnseal.fingerprint import Fingerprint
     from nnseal.models import load_model
 
     keys = _signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
     train, test = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
     params = {"key_size": key_size, "epsilon": epsilon, "boost": boost, "epochs": epochs, "lr": lr}
-    with tempfile.TemporaryDirectory() as work:
-        result = run_attack(
-            "watermark", m, params, train=train, test=test, seed=seed, workdir=work, progress=not as_json
-        )
-        key = Fingerprint.load(Path(work) / KEY_FILE, allow_unsigned=True)  # just written by us
+    result = run_attack("watermark", m, params, train=train, test=test, seed=seed, progress=not as_json)
+    key = result.artifacts["key"]
     key.save(key_out, hmac_key=keys.hmac_key, ed25519_key=keys.ed25519)
     result.save(out)
     r = result.record["metrics"]
@@ -649,11 +643,8 @@ def attack(
         raise NnsealError(f"attack {kind} writes {spec.output} models: --out must be {want}")
     m = load_model(model)
     train, test = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
-    with tempfile.TemporaryDirectory() as work:
-        result = run_attack(
-            kind, m, parsed, train=train, test=test, seed=seed, workdir=work, progress=not as_json
-        )
-        result.save(out)
+    result = run_attack(kind, m, parsed, train=train, test=test, seed=seed, progress=not as_json)
+    result.save(out)
     metrics = result.record["metrics"]
     text = f"wrote {out}: {result.lineage_str}\n" + "\n".join(f"  {k}: {v}" for k, v in metrics.items())
     _emit({"out": str(out), "lineage": result.lineage, "lineage_str": result.lineage_str}, as_json, text)

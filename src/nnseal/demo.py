@@ -104,7 +104,7 @@ def run_demo(
         ("exported ONNX in ONNX Runtime", OnnxTarget(out / "model.onnx"), "intact", None),
     ]
     for name, kind, params in attacks:
-        result = run_attack(kind, model, params, train=train, test=test, seed=seed, workdir=out / "attacked")
+        result = run_attack(kind, model, params, train=train, test=test, seed=seed)
         copies.append((name, result.target(), "tampered", result.record["metrics"]["accuracy_after"]))
 
     echo(f"[4/4] verifying under each output spec ({', '.join(SPECS)})")

@@ -14,7 +14,6 @@ import copy
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +42,10 @@ class AttackContext:
     train: Dataset | None = None
     test: Dataset | None = None
     seed: int = 0
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nnseal-attack-")))
     progress: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    """What an attack makes besides the model (the watermark attack: its key)."""
 
     def require_train(self, attack: str) -> Dataset:
         if self.train is None:
@@ -61,7 +61,7 @@ class Attack:
     """A registered attack and what it declares: needs training data? torch or ONNX output?"""
 
     name: str
-    fn: Callable[..., nn.Module | Path]
+    fn: Callable[..., nn.Module | bytes]
     needs_data: bool
     output: Output
     description: str
@@ -94,11 +94,13 @@ def register(
 
 @dataclass
 class AttackResult:
-    """The attacked model (torch module or ONNX file), its lineage and the measured effects."""
+    """The attacked model (a torch module, or a serialized ONNX model), its lineage, the measured
+    effects and what else the attack made (``artifacts``)."""
 
     model: nn.Module | None
-    onnx_path: Path | None
+    onnx: bytes | None
     lineage: list[dict[str, Any]]
+    artifacts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def record(self) -> dict[str, Any]:
@@ -110,21 +112,21 @@ class AttackResult:
         return lineage_str(self.lineage)
 
     def target(self, **kwargs: Any) -> Target:
-        if self.onnx_path is not None:
-            return OnnxTarget(self.onnx_path, **kwargs)
+        if self.onnx is not None:
+            return OnnxTarget(self.onnx, name=self.lineage_str, **kwargs)
         assert self.model is not None
         return TorchTarget(self.model, name=f"torch ({self.lineage_str})", **kwargs)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model: an nnseal safetensors file, or an ONNX file with the lineage in its
         metadata (key ``nnseal.lineage``)."""
-        if self.onnx_path is None:
+        if self.onnx is None:
             from nnseal.models.io import save_model
 
             return save_model(self.model, path)  # type: ignore[arg-type]
         import onnx
 
-        proto = onnx.load(str(self.onnx_path))
+        proto = onnx.load_from_string(self.onnx)
         props = [p for p in proto.metadata_props if p.key != "nnseal.lineage"]
         del proto.metadata_props[:]
         proto.metadata_props.extend(props)
@@ -153,7 +155,6 @@ def run_attack(
     train: Dataset | None = None,
     test: Dataset | None = None,
     seed: int = 0,
-    workdir: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> AttackResult:
     """Apply attack ``name`` to a copy of ``model`` and record what it did.
@@ -176,9 +177,6 @@ def run_attack(
         if data is not None:
             check_data(model, data.input_shape, len(data.classes), what)
     ctx = AttackContext(train=train, test=test, seed=seed, progress=progress)
-    if workdir is not None:
-        ctx.workdir = Path(workdir)
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
     before = _accuracy(TorchTarget(model), test) if test is not None else None
     out = attack.fn(copy.deepcopy(model).eval(), ctx, **params)
     entry = {
@@ -189,11 +187,11 @@ def run_attack(
         "metrics": {"accuracy_before": before, **ctx.metrics},
     }
     lineage = [*getattr(model, "lineage", []), entry]
-    if isinstance(out, Path):
-        result = AttackResult(None, out, lineage)
+    if isinstance(out, bytes):
+        result = AttackResult(None, out, lineage, ctx.artifacts)
     else:
         out.eval().lineage = lineage
-        result = AttackResult(out, None, lineage)
+        result = AttackResult(out, None, lineage, ctx.artifacts)
     if test is not None:
         entry["metrics"]["accuracy_after"] = _accuracy(result.target(), test)
     return result

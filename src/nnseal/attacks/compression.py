@@ -3,6 +3,7 @@ Runtime quantization; plus dtype casts and n-bit precision reduction (the SSF "4
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,7 @@ def prune(
 @register("onnx-quantize", output="onnx")
 def onnx_quantize(
     model: nn.Module, ctx: AttackContext, *, mode: str = "dynamic", calibration: int = 256
-) -> Path:
+) -> bytes:
     """ONNX Runtime int8 quantization of the exported ONNX model (dynamic, or static calibrated on
     ``calibration`` training inputs); the attacked model is an ONNX file run in ONNX Runtime."""
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static
@@ -99,25 +100,27 @@ def onnx_quantize(
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise ValueError("onnx-quantize needs an nnseal model (its config gives the input shape)")
-    src = export_onnx(model, ctx.workdir / "float.onnx", cfg.input_shape)
-    pre = ctx.workdir / "preprocessed.onnx"
-    quant_pre_process(str(src), str(pre))  # quantize_* fail on the exporter's raw output without it
-    out = ctx.workdir / f"int8-{mode}.onnx"
-    if mode == "dynamic":
-        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
-    else:
-        train = ctx.require_train("onnx-quantize static")
-        idx = ctx.rng().choice(len(train), min(calibration, len(train)), replace=False)
-        x = train.x[np.sort(idx)]
+    with tempfile.TemporaryDirectory(prefix="nnseal-onnx-quantize-") as tmp:
+        work = Path(tmp)
+        src = export_onnx(model, work / "float.onnx", cfg.input_shape)
+        pre = work / "preprocessed.onnx"
+        quant_pre_process(str(src), str(pre))  # quantize_* fail on the exporter's raw output without it
+        out = work / f"int8-{mode}.onnx"
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
+        else:
+            train = ctx.require_train("onnx-quantize static")
+            idx = ctx.rng().choice(len(train), min(calibration, len(train)), replace=False)
+            x = train.x[np.sort(idx)]
 
-        class Calibration(CalibrationDataReader):
-            """A few batches of training inputs, as ONNX Runtime's calibration expects them."""
+            class Calibration(CalibrationDataReader):
+                """A few batches of training inputs, as ONNX Runtime's calibration expects them."""
 
-            def __init__(self) -> None:
-                self.batches = iter([{"input": x[i : i + 32]} for i in range(0, len(x), 32)])
+                def __init__(self) -> None:
+                    self.batches = iter([{"input": x[i : i + 32]} for i in range(0, len(x), 32)])
 
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self.batches, None)
+                def get_next(self) -> dict[str, np.ndarray] | None:
+                    return next(self.batches, None)
 
-        quantize_static(str(pre), str(out), Calibration())
-    return out
+            quantize_static(str(pre), str(out), Calibration())
+        return out.read_bytes()

@@ -8,9 +8,6 @@ from torch import nn
 from nnseal.attacks.base import AttackContext, register
 from nnseal.methods.frontier import FrontierStitching
 
-KEY_FILE = "watermark-key.nnseal"
-"""The attack leaves its (unsigned) key in the attack's work folder under this name."""
-
 
 @register("watermark", needs_data=True)
 def watermark(
@@ -25,8 +22,8 @@ def watermark(
     lr: float = 1e-3,
 ) -> nn.Module:
     """Embed a frontier-stitching watermark (FGSM key of ``key_size`` inputs at ``epsilon``, fine-tuned on
-    clean data plus the key boosted ``boost`` times until the key is learnt); the key is saved in the
-    work folder."""
+    clean data plus the key boosted ``boost`` times until the key is learnt); the key is the attack's
+    artifact ``key``."""
     train = ctx.require_train("watermark")
     method = FrontierStitching(
         key_size=key_size,
@@ -39,7 +36,7 @@ def watermark(
         progress=ctx.progress,
     )
     marked, key, report = method.embed(model, train, test=ctx.test)
-    key.save(ctx.workdir / KEY_FILE)
+    ctx.artifacts["key"] = key
     ctx.metrics.update(
         {k: v for k, v in report.to_dict().items() if k not in ("accuracy_before", "accuracy_after")}
     )

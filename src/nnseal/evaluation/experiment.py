@@ -201,7 +201,6 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
                 train=train,
                 test=test,
                 seed=seed,
-                workdir=Path(cfg.out) / "attacked" / f"{attack.name}-{k}",
             )
             target = result.target()
             answers = {name: target.predict(p.x) for name, p in pools.items()}

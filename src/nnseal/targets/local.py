@@ -50,25 +50,37 @@ class TorchTarget(Target):
 
 
 class OnnxTarget(Target):
-    """An ONNX model run by ONNX Runtime on CPU; its first output is taken as logits."""
+    """An ONNX model (a file, or its serialized bytes) run by ONNX Runtime on CPU; its first output is
+    taken as logits."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, threads: int | None = None, batch_size: int | None = None
+        self,
+        model: str | os.PathLike[str] | bytes,
+        *,
+        threads: int | None = None,
+        batch_size: int | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__()
         import onnxruntime as ort
 
-        self.path, self.batch_size = Path(path), batch_size
-        if not self.path.is_file():
-            raise TargetError(f"ONNX model not found: {self.path}")
+        self.batch_size = batch_size
+        if isinstance(model, bytes):
+            source: str | bytes = model
+            self.name = name or "in-memory model"
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise TargetError(f"ONNX model not found: {path}")
+            source, self.name = str(path), name or path.name
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise TargetError(
-                f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})"
+                f"{self.name}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})"
             ) from None
         first_in, first_out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name = first_in.name
@@ -85,7 +97,7 @@ class OnnxTarget(Target):
         return softmax(np.concatenate(out).astype(np.float64)).astype(np.float32)
 
     def describe(self) -> str:
-        return f"onnxruntime ({self.path.name})"
+        return f"onnxruntime ({self.name})"
 
 
 def _static(dims: list[int | str | None]) -> tuple[int, ...] | None:
