@@ -6,16 +6,23 @@ Faults (``server.fault`` returns one per request, or None): ``http-500``, ``http
 ``slow_sleep`` s), ``drop`` (closes the connection without answering), ``malformed-json``,
 ``wrong-shape`` (one row missing), ``nan``, ``unknown-label`` (a label name not among the classes),
 ``429`` (Retry-After ``retry_after``).
+
+:class:`HostileServer` is another kind: a server that attacks the verifier (deep JSON, a gzip bomb,
+a huge body, a trickle, a stall, odd encodings).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+import socket
 import ssl
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -181,3 +188,139 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(answer).encode())
 
     return Handler
+
+
+HOSTILE = ("honest", "deep-json", "gzip-bomb", "huge-body", "huge-length", "trickle", "stall")
+
+
+@functools.cache
+def gzip_bomb(wire_bytes: int = 1_000_000) -> bytes:
+    """A valid gzip stream of about ``wire_bytes`` that inflates ~1000-fold (1 MB → 1 GB of zeros),
+    built in a fraction of a second: after a full flush every MiB of zeros compresses to the same block."""
+    zeros, c = bytes(1 << 20), zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    k = max(0, wire_bytes - len(head)) // len(block)
+    crc = zlib.crc32(zeros)
+    for _ in range(k):
+        crc = zlib.crc32(zeros, crc)
+    # an empty final block, then the gzip trailer: CRC-32 and length (mod 2^32) of everything
+    return head + block * k + b"\x03\x00" + struct.pack("<II", crc, ((k + 1) << 20) & 0xFFFFFFFF)
+
+
+class HostileServer:
+    """An HTTP server on 127.0.0.1 that answers every POST as ``mode`` says (one of ``HOSTILE``):
+
+    ``honest`` sends ``body`` with ``headers`` (say, a ``Content-Encoding``); ``deep-json``
+    100,000-deep brackets; ``gzip-bomb`` :func:`gzip_bomb`; ``huge-body`` ``huge_bytes`` of spaces
+    without a length, streamed lazily; ``huge-length`` announces 1 TB and sends 1 MiB; ``trickle``
+    sends the whole honest response one byte every ``interval`` seconds; ``stall`` waits until
+    ``stall_at`` s, sends the headers and half the body, and stalls for ``stall_for`` s before the rest.
+
+    Raw sockets, so nothing is tidied up for the client; each answer ends within ``max_seconds`` and
+    on ``__exit__``. ``requests`` counts the requests read.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        body: bytes = b"{}",
+        *,
+        headers: dict[str, str] | None = None,
+        interval: float = 1.0,
+        stall_at: float = 0.9,
+        stall_for: float = 5.0,
+        huge_bytes: int = 200 << 20,
+        max_seconds: float = 60.0,
+    ) -> None:
+        if mode not in HOSTILE:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode, self.body, self.headers, self.interval = mode, body, headers or {}, interval
+        self.stall_at, self.stall_for = stall_at, stall_for
+        self.huge_bytes, self.max_seconds = huge_bytes, max_seconds
+        self.requests = 0
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> HostileServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                self._read_request(conn)
+                self._answer(conn, time.monotonic() + self.max_seconds)
+            except OSError:  # the client gave up: what a hostile server hopes for least
+                pass
+
+    def _read_request(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk or len(data) > 1 << 20:
+                raise ConnectionError("no request")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        length = int(m[1]) if m else 0
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        with self._lock:
+            self.requests += 1
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep; False once the server is stopping."""
+        return not self._stop.wait(seconds)
+
+    def _answer(self, conn: socket.socket, end: float) -> None:
+        def head(**headers: object) -> bytes:
+            lines = ["HTTP/1.1 200 OK", "Content-Type: application/json", "Connection: close"]
+            fields = {**self.headers, **{k.replace("_", "-"): v for k, v in headers.items()}}
+            lines += [f"{k}: {v}" for k, v in fields.items()]
+            return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+        mode, body = self.mode, self.body
+        if mode == "deep-json":
+            body = b"[" * 100_000 + b"]" * 100_000
+        if mode in ("honest", "deep-json"):
+            conn.sendall(head(Content_Length=len(body)) + body)
+        elif mode == "gzip-bomb":
+            bomb = gzip_bomb()
+            conn.sendall(head(Content_Length=len(bomb), Content_Encoding="gzip") + bomb)
+        elif mode in ("huge-body", "huge-length"):
+            size = self.huge_bytes if mode == "huge-body" else 1 << 20
+            conn.sendall(head(Content_Length=10**12) if mode == "huge-length" else head())
+            chunk = b" " * 65536
+            for _ in range(size // len(chunk)):
+                if time.monotonic() > end or self._stop.is_set():
+                    break
+                conn.sendall(chunk)
+        elif mode == "trickle":
+            for byte in head(Content_Length=len(body)) + body:
+                if time.monotonic() > end or not self._wait(self.interval):
+                    break
+                conn.sendall(bytes([byte]))
+        elif mode == "stall":
+            half = len(body) // 2
+            if self._wait(self.stall_at):
+                conn.sendall(head(Content_Length=len(body)) + body[:half])
+                if self._wait(self.stall_for):
+                    conn.sendall(body[half:])

@@ -19,8 +19,8 @@ from nnseal._mlserver import MLServer, mlserver_executable
 from nnseal.attacks import run_attack
 from nnseal.cli import main
 from nnseal.models import export_onnx
-from nnseal.targets import HttpTarget, OnnxTarget, Target, V2Protocol
 from nnseal.signing import default_signing_key
+from nnseal.targets import HttpTarget, OnnxTarget, Target, V2Protocol
 from nnseal.verify import Status, verify
 
 SPEC = "top1-p4"  # the int8 copy keeps every top-1 label of this fingerprint; its probabilities move
@@ -35,9 +35,7 @@ def onnx_models(model, tmp_path_factory) -> dict[str, str]:
         pytest.skip(message)
     d = tmp_path_factory.mktemp("onnx")
     intact = export_onnx(model, d / "intact.onnx", model.config.input_shape)
-    tampered = run_attack("onnx-quantize", model, {"mode": "dynamic"}, workdir=d / "work").save(
-        d / "int8.onnx"
-    )
+    tampered = run_attack("onnx-quantize", model, {"mode": "dynamic"}).save(d / "int8.onnx")
     return {"intact": str(intact), "tampered": str(tampered)}
 
 

@@ -281,6 +281,7 @@ def test_secrets_never_printed_or_written(model, fingerprint, tmp_path, monkeypa
     with FakeServer(TorchTarget(model), NAMES) as server:
         url = f"{server.url}/?api_key={SECRETS[3]}"
         common = [
+            "--allow-unsigned",
             "--url",
             url,
             "--model-name",
@@ -299,7 +300,8 @@ def test_secrets_never_printed_or_written(model, fingerprint, tmp_path, monkeypa
         ]
         seen, query = server.seen_headers[0], server.seen_queries[0]
         url_pw = url.replace("://", f"://user:{SECRETS[2]}@")
-        target = _v2(url_pw, headers={"X-Api-Key": SECRETS[1]}, token=SECRETS[0])
+        monkeypatch.delenv(TOKEN_ENV)  # with a token as well it is refused (test_http_hostile.py)
+        target = _v2(url_pw, headers={"X-Api-Key": SECRETS[1]})
         v = verify(fingerprint, target, "top1")
         basic = server.seen_headers[-1]["Authorization"]
     assert [r.exit_code for r in outputs] == [0, 3, 0, 0, 2]
@@ -414,7 +416,8 @@ def test_cli_verify_url_exit_codes(model, tampered, fingerprint, digits, tmp_pat
     fp_path = tmp_path / "fp.nnseal"
     fingerprint.save(fp_path)
     runner = CliRunner()
-    args = ["verify", str(fp_path), "--model-name", "digits", "--output", "logits", "--spec", "top1-p4"]
+    args = ["verify", str(fp_path), "--allow-unsigned", "--model-name", "digits", "--output", "logits"]
+    args += ["--spec", "top1-p4"]
     with FakeServer(TorchTarget(model), NAMES) as good, FakeServer(tampered, NAMES) as bad:
         intact = runner.invoke(
             main, [*args, "--url", good.url, "--json", "--max-batch", "4", "--concurrency", "2"]
@@ -446,7 +449,8 @@ def test_cli_watch_json_lines_and_first_tampered_exit(model, tampered, fingerpri
     fp_path = tmp_path / "fp.nnseal"
     fingerprint.save(fp_path)
     runner = CliRunner()
-    args = ["watch", str(fp_path), "--model-name", "digits", "--output", "logits", "--spec", "top1-p4"]
+    args = ["watch", str(fp_path), "--allow-unsigned", "--model-name", "digits", "--output", "logits"]
+    args += ["--spec", "top1-p4"]
     with FakeServer(TorchTarget(model), NAMES) as good, FakeServer(tampered, NAMES) as bad:
         ok = runner.invoke(main, [*args, "--url", good.url, "--max-runs", "2", "--interval", "0"])
         caught = runner.invoke(main, [*args, "--url", bad.url, "--max-runs", "3", "--interval", "0"])

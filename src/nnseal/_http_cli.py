@@ -32,13 +32,23 @@ _OPTIONS = [
     click.option("--class-names", help="label-names output: comma-separated names, or @FILE (one per line)."),
     click.option("--max-batch", default=64, show_default=True, help="Most inputs per request."),
     click.option("--concurrency", default=1, show_default=True, help="Requests in flight at once."),
-    click.option("--timeout", default=10.0, show_default=True, help="Seconds per request."),
+    click.option(
+        "--timeout",
+        default=10.0,
+        show_default=True,
+        help="Seconds per request attempt, whole answer included.",
+    ),
     click.option("--retries", default=3, show_default=True, help="Retries after 5xx, 429, timeouts."),
     click.option(
         "--backoff", default=0.2, show_default=True, help="First retry delay (s); doubles, jittered."
     ),
     click.option("--max-retry-after", default=30.0, show_default=True, help="Longest 429 wait accepted (s)."),
     click.option("--max-queries", type=int, help="Most inputs sent in total, retries and decoys included."),
+    click.option(
+        "--max-response-bytes",
+        type=click.IntRange(min=1),
+        help="Largest answer accepted, as received and decompressed (default: 1 MiB + 256 B per value).",
+    ),
     click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'", help="Extra request header."),
     click.option(
         "--token-env", default=TOKEN_ENV, show_default=True, help="Environment variable with a bearer token."
@@ -125,6 +135,8 @@ def remote_target_factory(fp: Fingerprint, opts: dict[str, Any]) -> Callable[[],
             backoff=opts["backoff"],
             max_retry_after=opts["max_retry_after"],
             max_queries=opts["max_queries"],
+            max_response_bytes=opts["max_response_bytes"],
+            num_classes=fp.probabilities.shape[1],
             token=os.environ.get(opts["token_env"]) or None,
             headers=headers,
             verify_tls=not opts["insecure"],

@@ -4,12 +4,16 @@ A protocol knows one API's request path, how to encode a batch of inputs as JSON
 answer sits in the response; it returns the raw answer rows. An output adapter then says what those
 rows are (probabilities, logits, ranked label indices or label names) and turns them into the
 probability matrix or ranked labels a :class:`~nnseal.targets.base.Target` provides. Every malformed
-answer raises :class:`~nnseal.errors.TargetError` with a ``kind`` naming the problem.
+answer raises :class:`~nnseal.errors.TargetError` with a ``kind`` naming the problem — whatever valid
+JSON a hostile server sends (objects for lists, strings for numbers, 4000-digit integers, shapes
+of 10^12 elements), decoding raises nothing else.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -28,17 +32,46 @@ def _malformed(message: str, kind: str = "wrong-shape") -> TargetError:
     return TargetError(message, kind)
 
 
+MAX_DIMS = 32
+"""Most dimensions accepted in a V2 output ``shape`` (NumPy's own limit is 64)."""
+MAX_STRING_CELLS = 1 << 24
+"""Most characters a NumPy array of answer strings may take: every string gets the longest one's
+width, so 100,000 short names and one of 1 MB would take 400 GB (honest answers: under 10^7)."""
+
+
+def _check_strings(strings: Any, what: str) -> None:
+    """Refuse strings whose fixed-width NumPy array would be huge; ``strings`` may be nested lists."""
+    count = longest = 0
+    stack = [strings]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            count, longest = count + 1, max(longest, len(v))
+    if count * longest > MAX_STRING_CELLS:
+        raise _malformed(
+            f"{what} holds {count} strings up to {longest} characters long", "malformed-response"
+        )
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    """``value`` as an array; ragged lists, or integers beyond any float, are a wrong-shape error."""
+    _check_strings(value, what)
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise _malformed(f"{what} is ragged or out of range, not an (n, m) array") from None
+
+
 def _rows(value: Any, n: int, what: str) -> np.ndarray:
     """``value`` as an (n, m) array of numbers or of strings, or a wrong-shape error."""
-    try:
-        a = np.asarray(value)
-    except ValueError:  # ragged nested lists
-        raise _malformed(f"{what} is ragged, not an (n, m) array") from None
+    a = value if isinstance(value, np.ndarray) else _array(value, what)
     if a.ndim == 1:
         a = a[:, None]
     if a.ndim != 2 or a.shape[0] != n:
         raise _malformed(f"{what} has shape {a.shape}, expected {n} rows")
-    if a.dtype.kind not in "iufbU":
+    if a.dtype.kind not in "iufU":  # not bools, nor objects (mixed types, integers beyond 64 bits)
         raise _malformed(f"{what} holds {a.dtype} values, not numbers or label names")
     return a
 
@@ -117,14 +150,15 @@ class V2Protocol(Protocol):
         shape, data = out.get("shape"), out.get("data")
         if (
             not isinstance(shape, list)
-            or not all(isinstance(s, int) and s >= 0 for s in shape)
+            or len(shape) > MAX_DIMS
+            or not all(type(s) is int and 0 <= s < 2**63 for s in shape)  # not bools, not huge
             or data is None
         ):
             raise _malformed("V2 output lacks a valid 'shape' or 'data'", "malformed-response")
-        try:
-            a = np.asarray(data).reshape(shape)
-        except ValueError:
-            raise _malformed(f"V2 output data does not fit its shape {shape}") from None
+        a = _array(data, "V2 output data")
+        if math.prod(shape) != a.size:  # before reshape, which fails on shapes beyond memory otherwise
+            raise _malformed(f"V2 output data ({a.size} values) does not fit its shape {shape[:8]}")
+        a = a.reshape(shape)
         if a.ndim > 2 and a.shape[0] == n:
             a = a.reshape(n, -1)
         return _rows(a, n, "V2 output")
@@ -156,11 +190,24 @@ class TorchServeProtocol(Protocol):
         if isinstance(body, list) and len(body) == 1 and isinstance(body[0], (list, dict)):
             body = body[0]
         if isinstance(body, dict):
-            if not body or not all(isinstance(v, (int, float)) for v in body.values()):
+            if not body or not all(type(v) in (int, float) for v in body.values()):  # not bools
                 raise _malformed("TorchServe answer is not a {label: score} mapping", "malformed-response")
-            ranked = sorted(body, key=lambda k: -float(body[k]))
-            return np.asarray([ranked], dtype=str)
+            scores = {k: _score(v) for k, v in body.items()}
+            if not all(math.isfinite(v) for v in scores.values()):
+                raise _malformed("TorchServe answer has a NaN or infinite score", "nan")
+            if n != 1:
+                raise _malformed(f"TorchServe answer ranks one input, expected {n}")
+            _check_strings(list(scores), "TorchServe answer")
+            return np.asarray([sorted(scores, key=lambda k: -scores[k])], dtype=str)
         return _rows([body], n, "TorchServe answer")
+
+
+def _score(v: float) -> float:
+    """A score as a float; an integer beyond any float is infinite (and so rejected)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
 
 
 class TFServingProtocol(Protocol):
@@ -259,7 +306,9 @@ def _walk(node: Any, parts: list[str]) -> Any:
             return [_walk(item, parts[i + 1 :]) for item in node]
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+        elif (
+            isinstance(node, list) and re.fullmatch("-?[0-9]+", part) and -len(node) <= int(part) < len(node)
+        ):
             node = node[int(part)]
         else:
             raise _malformed(f"response has nothing at path element {part!r}", "malformed-response")
@@ -297,6 +346,9 @@ class OutputAdapter:
         a = rows.astype(np.float64)
         if not np.isfinite(a).all():
             raise _malformed("answer contains NaN or infinite values", "nan")
-        if self.output == "logits":
-            return softmax(a).astype(np.float32)
-        return a.astype(np.float32) if self.output == "probabilities" else a  # verify rejects non-integers
+        with np.errstate(over="ignore"):  # beyond float32: infinite, which verify rejects
+            if self.output == "logits":
+                return softmax(a).astype(np.float32)
+            return (
+                a.astype(np.float32) if self.output == "probabilities" else a
+            )  # verify rejects non-integers
