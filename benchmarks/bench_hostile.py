@@ -31,14 +31,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 import torch
+from _machine import machine_info
 
 from nnseal._io import atomic_write_text
 from nnseal.data import load_dataset
@@ -149,15 +148,7 @@ def main() -> None:
         "config": vars(args) | {"out": str(args.out), "timeout_s": TIMEOUT, "rss_limit_mb": RSS_LIMIT_MB},
         "rows": rows,
         "all_pass": all(row["pass"] for row in rows.values()),
-        "machine": {
-            "platform": platform.platform(),
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "httpx": httpx.__version__,
-            "torch": torch.__version__,
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-        },
+        "machine": machine_info(load_start),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

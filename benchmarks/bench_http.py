@@ -25,14 +25,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import torch
+from _machine import machine_info
 
 from nnseal._io import atomic_write_text
 from nnseal._mlserver import MLServer, mlserver_executable
@@ -127,15 +126,7 @@ def main() -> None:
             for name in SETUPS
         },
         "int8_verdict": int8_verdict.to_dict(),
-        "machine": {
-            "platform": platform.platform(),
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "httpx": httpx.__version__,
-            "torch": torch.__version__,
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-        },
+        "machine": machine_info(load_start),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -214,9 +214,8 @@ def test_cli_never_says_intact_for_a_mutated_fingerprint(signed, cli_files) -> N
         mutated = data.draw(byte_mutation(raw))
         path.write_bytes(mutated)
         code, _ = _exit_code("verify", str(path), str(cli_files["model"]))
-        if code in (0, 1, 3):  # a decision was made: only possible on exactly the signed content
+        if code != 2:  # a decision (0/1/3) was made: only possible on exactly the signed content
             assert _same(Fingerprint.from_bytes(mutated, SIGNED), original)
-        assert code != 0 or _same(Fingerprint.from_bytes(mutated, SIGNED), original)
 
     run()
 
