@@ -57,7 +57,7 @@ from nnseal.models import export_onnx
 from nnseal.models.train import evaluate_accuracy, train_model
 from nnseal.targets import OnnxTarget, TorchTarget
 from nnseal.targets.base import Target
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = ("top1", "top3", "top1-p2", "top1-p4")

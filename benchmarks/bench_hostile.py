@@ -102,7 +102,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         fp_path = fp.save(Path(work) / "fp.nnseal")
         for name, (mode, options, retries, expected) in CASES.items():
-            flags = ["--output", "logits", "--timeout", str(TIMEOUT), "--retries", str(retries), "--json"]
+            flags = ["--returns", "logits", "--timeout", str(TIMEOUT), "--retries", str(retries), "--json"]
             server: FakeServer | HostileServer = (
                 FakeServer(TorchTarget(model), NAMES) if mode == "model" else HostileServer(mode, **options)
             )

@@ -26,21 +26,24 @@ import datetime
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the MLServer test rig
+
 import torch
 from _machine import machine_info
+from mlserver_rig import MLServer, mlserver_executable
 
 from nnseal._io import atomic_write_text
-from nnseal._mlserver import MLServer, mlserver_executable
 from nnseal.attacks import run_attack
 from nnseal.data import load_dataset
 from nnseal.methods import SensitiveSampleFingerprinter
 from nnseal.models import export_onnx, train_model
 from nnseal.targets import HttpTarget, V2Protocol
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "top1-p4"
@@ -90,10 +93,10 @@ def main() -> None:
         int8 = attacked.save(Path(work) / "int8.onnx")
         with MLServer({"intact": intact, "int8": int8}, Path(work) / "server") as server:
             print(f"MLServer ready in {server.startup_s:.1f} s at {server.url}", flush=True)
-            int8_verdict = verify(fp, HttpTarget(server.url, V2Protocol("int8"), output="logits"), SPEC)
+            int8_verdict = verify(fp, HttpTarget(server.url, V2Protocol("int8"), returns="logits"), SPEC)
             for repeat in range(args.repeats + 1):  # the first round is the warm-up
                 for name, kw in SETUPS.items():
-                    with HttpTarget(server.url, V2Protocol("intact"), output="logits", **kw) as target:
+                    with HttpTarget(server.url, V2Protocol("intact"), returns="logits", **kw) as target:
                         start = time.perf_counter()
                         v = verify(fp, target, SPEC, batch_size=len(fp))
                         seconds = time.perf_counter() - start

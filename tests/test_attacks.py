@@ -49,9 +49,9 @@ def test_every_attack_yields_a_loadable_model_with_lineage_that_differs_in_weigh
     assert 0 <= record["metrics"]["accuracy_after"] <= 1 and record["metrics"]["accuracy_before"] > 0.9
     assert result.lineage_str.startswith(f"{name}(")
 
-    saved = result.save(tmp_path / ("out.onnx" if ATTACKS[name].output == "onnx" else "out.safetensors"))
+    saved = result.save(tmp_path / ("out.onnx" if ATTACKS[name].produces == "onnx" else "out.safetensors"))
     x = test.x[:64]
-    if ATTACKS[name].output == "onnx":
+    if ATTACKS[name].produces == "onnx":
         assert result.model is None
         lineage = {p.key: p.value for p in onnx.load(str(saved)).metadata_props}["nnseal.lineage"]
         assert name in lineage

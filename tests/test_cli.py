@@ -175,11 +175,86 @@ def test_explicit_keys_and_keygen(files, tmp_path) -> None:
     assert r.exit_code == 2 and "contradicts" in r.stderr
 
 
-def test_inspect(files) -> None:
-    r = CliRunner().invoke(main, ["inspect", str(files["fp"])])
-    assert r.exit_code == 0 and json.loads(r.stdout)["method"] == "sensitive-sample"
-    r = CliRunner().invoke(main, ["inspect", str(files["model"])])
+def test_inspect_text_and_json(files, model, tmp_path) -> None:
+    from nnseal.attacks import run_attack
+
+    runner = CliRunner()
+    r = runner.invoke(main, ["inspect", str(files["fp"]), "--json"])
+    info = json.loads(r.stdout)
+    assert r.exit_code == 0 and info["method"] == "sensitive-sample" and info["kind"] == "fingerprint"
+    assert info["signature"]["scheme"] == "hmac-sha256" and info["signature"]["verified"] is False
+    text = runner.invoke(main, ["inspect", str(files["fp"])]).stdout
+    assert "method: sensitive-sample" in text and "signature NOT verified" in text and "{" not in text
+    r = runner.invoke(main, ["inspect", str(files["model"]), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["config"]["arch"] == "lenet"
+    run_attack("prune", model, {"amount": 0.1}).save(tmp_path / "pruned.safetensors")
+    r = runner.invoke(main, ["inspect", str(tmp_path / "pruned.safetensors")])
+    assert r.exit_code == 0 and "lineage_str: prune(amount=0.1)" in r.stdout, r.output
+    r = runner.invoke(main, ["inspect", str(files["onnx"])])
+    assert r.exit_code == 0 and "kind: ONNX model" in r.stdout and "safetensors" not in r.output
+    onnx_info = json.loads(runner.invoke(main, ["inspect", str(files["onnx"]), "--json"]).stdout)
+    assert next(iter(onnx_info["inputs"].values()))[1:] == [1, 8, 8]
+    (tmp_path / "junk.bin").write_bytes(b"not a model")
+    r = runner.invoke(main, ["inspect", str(tmp_path / "junk.bin")])
+    assert r.exit_code == 2 and "neither a fingerprint" in r.stderr
+
+
+def test_swapped_arguments_get_a_hint(files) -> None:
+    for model_file in ("model", "onnx"):
+        r = CliRunner().invoke(main, ["verify", str(files[model_file]), str(files["fp"])])
+        assert r.exit_code == 2 and "did you swap the arguments?" in r.stderr, r.output
+
+
+def test_tampered_verdict_names_both_models(files, tmp_path) -> None:
+    """A wholly different model is told apart from a copy only by the hint, so the hint names both."""
+    from nnseal.data import load_dataset
+    from nnseal.models import model_id, train_model
+
+    other = train_model(load_dataset("digits", split="train"), "mlp", epochs=2, seed=5)
+    save_model(other, tmp_path / "other.safetensors")
+    r = _verify(files, str(tmp_path / "other.safetensors"), "--spec", "top1-p4")
+    assert r.exit_code == 1 and "this is the wrong fingerprint, not proof of tampering" in r.stdout
+    assert model_id(other)[:16] in r.stdout
+
+
+def test_stop_early_stops_within_a_short_fingerprint(files, model, tmp_path) -> None:
+    from nnseal.attacks import run_attack
+
+    run_attack("quantize-bits", model, {"bits": 3}).save(tmp_path / "bad.safetensors")
+    full = json.loads(_verify(files, str(tmp_path / "bad.safetensors"), "--spec", "top1-p4", "--json").stdout)
+    early = _verify(files, str(tmp_path / "bad.safetensors"), "--spec", "top1-p4", "--stop-early", "--json")
+    v = json.loads(early.stdout)
+    assert early.exit_code == 1 and v["status"] == "tampered"
+    assert v["queries_used"] <= 2 * (full["mismatches"][0] + 1) and v["queries_used"] < 8  # 1, 1, 2, 4 …
+
+
+def test_attack_output_is_formatted(files, tmp_path) -> None:
+    r = CliRunner().invoke(
+        main,
+        [
+            "attack",
+            str(files["model"]),
+            "prune",
+            "-p",
+            "amount=0.2",
+            "--out",
+            str(tmp_path / "p.safetensors"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "accuracy_before: " in r.stdout and "%" in r.stdout and "{" not in r.stdout
+    assert not any(len(t) > 8 and t.replace(".", "").isdigit() for t in r.stdout.split())  # no raw floats
+
+
+def test_python_m_and_shell_completion() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "nnseal", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Shell completion" in r.stdout
+    env = {"_NNSEAL_COMPLETE": "bash_source"}
+    r = CliRunner().invoke(main, [], prog_name="nnseal", env=env)
+    assert "_nnseal_completion" in r.output
 
 
 def test_train_command(tmp_path) -> None:

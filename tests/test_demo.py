@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from nnseal.cli import main
@@ -25,3 +26,23 @@ def test_demo_runs_end_to_end_and_every_verdict_is_as_expected(tmp_path) -> None
     report = (out / "report.md").read_text()
     assert "![fingerprint](fingerprint.png)" in report and "| one head weight +1%" in report
     assert (out / "fingerprint.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    assert len({line.replace("\\|", "").count("|") for line in rows}) == 1  # no cell splits its row
+    assert "(largest \\|w\\|)" in report
+
+
+def test_markdown_cells_cannot_split_a_row_and_grids_are_labelled() -> None:
+    import numpy as np
+
+    from nnseal.report import image_grid, markdown_table
+
+    table = markdown_table(["a", "b"], [["x | y", 1]])
+    assert table.splitlines()[2] == "| x \\| y | 1 |"
+    imgs = np.zeros((3, 1, 8, 8), np.float32)
+    plain = image_grid([imgs, imgs], scale=2)
+    labelled = image_grid([imgs, imgs], scale=2, labels=["seeds", "sensitive samples"])
+    assert labelled.height == plain.height and labelled.width > plain.width
+    margin = np.asarray(labelled)[:, : labelled.width - plain.width]
+    assert (margin < 128).any()  # text was drawn in the margin
+    with pytest.raises(ValueError, match="2 labels for 1 rows"):
+        image_grid([imgs], labels=["a", "b"])

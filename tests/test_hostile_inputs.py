@@ -156,7 +156,7 @@ def test_unexpected_error_is_exit_4_with_one_line(files, monkeypatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("something nobody planned for")
 
-    monkeypatch.setattr(sys.modules["nnseal.verify"], "verify", boom)
+    monkeypatch.setattr(sys.modules["nnseal.verification"], "verify", boom)
     r = _cli("verify", str(files["fp"]), str(files["model"]))
     _one_line_error(r, 4)
     assert "internal error (RuntimeError: something nobody planned for); please report" in r.stderr
@@ -168,7 +168,7 @@ def test_ctrl_c_is_exit_130(files, monkeypatch) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sys.modules["nnseal.verify"], "verify", interrupted)
+    monkeypatch.setattr(sys.modules["nnseal.verification"], "verify", interrupted)
     r = _cli("verify", str(files["fp"]), str(files["model"]))
     _one_line_error(r, 130)
     assert "interrupted (SIGINT)" in r.stderr and "Aborted" not in r.output
@@ -184,7 +184,7 @@ def test_click_usage_errors_are_exit_2() -> None:
 def test_watch_stops_cleanly_on_signals(model, files, signum: int) -> None:
     with FakeServer(TorchTarget(model), NAMES) as server:
         args = ["watch", str(files["fp"]), "--url", server.url, "--model-name", "digits"]
-        args += ["--output", "logits", "--interval", "60"]
+        args += ["--returns", "logits", "--interval", "60"]
         env = {**os.environ, "NNSEAL_HMAC_KEY": "k"}
         p = subprocess.Popen(
             [sys.executable, "-m", "nnseal", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env

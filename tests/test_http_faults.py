@@ -20,7 +20,7 @@ from fake_server import FAULTS, FakeServer
 
 from nnseal.attacks import run_attack
 from nnseal.targets import HttpTarget, TorchTarget, V2Protocol
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 
 NAMES = [f"class-{i}" for i in range(10)]
 FAULT_TYPES = ("none", *FAULTS, "429-long")
@@ -74,7 +74,7 @@ def test_fault_injection_never_gives_a_false_intact(servers, fingerprint) -> Non
         for output, spec in (("logits", "top1-p4"), ("logits", "top1"), ("label-names", "top1")):
             server = servers[(tampered, output)]
             server.fault = lambda: None
-            target = HttpTarget(server.url, V2Protocol("digits"), output=output, class_names=NAMES)
+            target = HttpTarget(server.url, V2Protocol("digits"), returns=output, class_names=NAMES)
             assert verify(fingerprint, target, spec).status is (
                 Status.TAMPERED if tampered else Status.INTACT
             )
@@ -94,7 +94,7 @@ def test_fault_injection_never_gives_a_false_intact(servers, fingerprint) -> Non
         target = HttpTarget(
             server.url,
             V2Protocol("digits"),
-            output=output,
+            returns=output,
             class_names=NAMES,
             max_batch_size=rng.choice([5, 10, 20]),
             concurrency=rng.choice([1, 2]),

@@ -20,7 +20,7 @@ from nnseal.cli import main
 from nnseal.fingerprint import Fingerprint
 from nnseal.targets import HttpTarget, V2Protocol
 from nnseal.targets.http import TOKEN_ENV, response_limit
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 from nnseal.watch import watch
 
 N, CLASSES = 20, 10
@@ -44,7 +44,7 @@ def answer(fp) -> bytes:
 
 def _target(url: str, **kw) -> HttpTarget:
     kw = {"timeout": 2.0, "retries": 0, "backoff": 0.001, **kw}
-    return HttpTarget(url, V2Protocol("digits"), output="probabilities", num_classes=CLASSES, **kw)
+    return HttpTarget(url, V2Protocol("digits"), returns="probabilities", num_classes=CLASSES, **kw)
 
 
 def _verify(fp: Fingerprint, server: HostileServer, **kw):

@@ -14,14 +14,14 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from mlserver_rig import MLServer, mlserver_executable
 
-from nnseal._mlserver import MLServer, mlserver_executable
 from nnseal.attacks import run_attack
 from nnseal.cli import main
 from nnseal.models import export_onnx
 from nnseal.signing import default_signing_key
 from nnseal.targets import HttpTarget, OnnxTarget, Target, V2Protocol
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 
 SPEC = "top1-p4"  # the int8 copy keeps every top-1 label of this fingerprint; its probabilities move
 
@@ -47,7 +47,7 @@ def mlserver(onnx_models, tmp_path_factory):
 
 
 def _target(server: MLServer, name: str, **kw) -> HttpTarget:
-    return HttpTarget(server.url, V2Protocol(name), output="logits", max_batch_size=8, **kw)
+    return HttpTarget(server.url, V2Protocol(name), returns="logits", max_batch_size=8, **kw)
 
 
 def test_served_models_answer_like_onnx_runtime(mlserver, onnx_models, fingerprint) -> None:
@@ -64,7 +64,7 @@ def test_intact_model_served_is_intact(mlserver, fingerprint, tmp_path) -> None:
     fingerprint.save(tmp_path / "fp.nnseal", ed25519_key=default_signing_key()[0])
     args = ["verify", str(tmp_path / "fp.nnseal"), "--url", mlserver.url, "--protocol", "v2"]
     r = CliRunner().invoke(
-        main, [*args, "--model-name", "intact", "--output", "logits", "--spec", SPEC, "--json"]
+        main, [*args, "--model-name", "intact", "--returns", "logits", "--spec", SPEC, "--json"]
     )
     assert r.exit_code == 0 and json.loads(r.output)["status"] == "intact", r.output
 

@@ -23,6 +23,7 @@ from nnseal._io import parse_json
 from nnseal.errors import TargetError
 from nnseal.fingerprint import Fingerprint
 from nnseal.outputs import OutputSpec
+from nnseal.query import validate_answers
 from nnseal.targets import (
     HttpTarget,
     JsonProtocol,
@@ -31,8 +32,8 @@ from nnseal.targets import (
     TorchServeProtocol,
     V2Protocol,
 )
-from nnseal.targets.protocols import OutputAdapter
-from nnseal.verify import Status, _check_answers, verify
+from nnseal.targets.protocols import AnswerAdapter
+from nnseal.verification import Status, verify
 
 CLASSES = 4
 NAMES = ["cat", "dog", "emu", "yak"]
@@ -100,9 +101,9 @@ class Case:
 
     def decode(self, body: Any) -> np.ndarray:
         """What verify compares, from a parsed body: protocol, output adapter, answer checks, spec."""
-        adapter = OutputAdapter(self.output, NAMES)  # type: ignore[arg-type]
+        adapter = AnswerAdapter(self.output, NAMES)  # type: ignore[arg-type]
         n = len(self.fp)
-        answers = _check_answers(adapter(self.protocol.decode(body, n)), n, adapter.provides, CLASSES)
+        answers = validate_answers(adapter(self.protocol.decode(body, n)), n, adapter.provides, CLASSES)
         spec = OutputSpec.parse(self.spec)
         return spec.encode(answers) if adapter.provides == "probabilities" else spec.encode_labels(answers)
 
@@ -282,7 +283,7 @@ def server():
 @pytest.fixture(scope="module")
 def targets(server) -> dict[str, HttpTarget]:
     return {
-        name: HttpTarget(server.url, case.protocol, output=case.output, class_names=NAMES, retries=0)
+        name: HttpTarget(server.url, case.protocol, returns=case.output, class_names=NAMES, retries=0)
         for name, case in CASES.items()
     }
 

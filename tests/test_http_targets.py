@@ -21,9 +21,9 @@ from nnseal.attacks import run_attack
 from nnseal.cli import main
 from nnseal.errors import TargetError
 from nnseal.targets import (
+    AnswerAdapter,
     HttpTarget,
     JsonProtocol,
-    OutputAdapter,
     StealthTarget,
     Target,
     TFServingProtocol,
@@ -33,7 +33,7 @@ from nnseal.targets import (
     make_protocol,
 )
 from nnseal.targets.http import TOKEN_ENV, redact_url, retry_after_seconds
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 from nnseal.watch import WatchMetrics, watch
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -46,7 +46,7 @@ def tampered(model) -> Target:
 
 
 def _v2(url: str, **kw) -> HttpTarget:
-    return HttpTarget(url, V2Protocol("digits"), **{"output": "logits", **FAST, **kw})
+    return HttpTarget(url, V2Protocol("digits"), **{"returns": "logits", **FAST, **kw})
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_every_protocol_verifies_an_intact_model(
     model, fingerprint, protocol, output, v2_output, spec
 ) -> None:
     with FakeServer(TorchTarget(model), NAMES, v2_output=v2_output) as server:
-        target = HttpTarget(server.url, protocol, output=output, class_names=NAMES, **FAST)
+        target = HttpTarget(server.url, protocol, returns=output, class_names=NAMES, **FAST)
         v = verify(fingerprint, target, spec)
     assert v.status is Status.INTACT, v.reason
     assert v.queries_used == v.answered == len(fingerprint)
@@ -171,7 +171,7 @@ def test_client_errors_are_not_retried(model, fingerprint) -> None:
 
 
 def test_connection_refused_is_inconclusive(fingerprint) -> None:
-    from nnseal._mlserver import free_port
+    from mlserver_rig import free_port
 
     target = _v2(f"http://127.0.0.1:{free_port()}", retries=2)
     v = verify(fingerprint, target, "top1", batch_size=10)
@@ -201,7 +201,7 @@ def test_malformed_answers_are_reported_as_such(model, fingerprint, fault, outpu
     v2_output = "label-names" if output == "label-names" else output
     with FakeServer(TorchTarget(model), NAMES, v2_output=v2_output) as server:
         server.fault = _faults(None, fault)
-        target = _v2(server.url, output=output, class_names=NAMES, max_batch_size=5)
+        target = _v2(server.url, returns=output, class_names=NAMES, max_batch_size=5)
         v = verify(fingerprint, target, "top1", batch_size=5)
     assert v.status is Status.INCONCLUSIVE
     assert v.failed == [5, 6, 7, 8, 9] and v.problems == {kind: 5}
@@ -251,8 +251,8 @@ def test_protocol_and_adapter_arguments_are_checked() -> None:
         make_protocol("v2")
     with pytest.raises(ValueError, match="unknown protocol 'grpc'"):
         make_protocol("grpc", "m")
-    with pytest.raises(ValueError, match="needs the class names"):
-        OutputAdapter("label-names")
+    with pytest.raises(ValueError, match="need the class names"):
+        AnswerAdapter("label-names")
     with pytest.raises(ValueError, match="must be >= 1"):
         HttpTarget("http://127.0.0.1:1", V2Protocol("m"), concurrency=0)
     with pytest.raises(ValueError, match="http"):
@@ -261,12 +261,12 @@ def test_protocol_and_adapter_arguments_are_checked() -> None:
 
 def test_adapters() -> None:
     logits = np.array([[0.0, math.log(3.0)]])
-    assert np.allclose(OutputAdapter("logits")(logits), [[0.25, 0.75]])
-    assert OutputAdapter("label-names", ["a", "b"])(np.array([["b", "a"]])).tolist() == [[1, 0]]
+    assert np.allclose(AnswerAdapter("logits")(logits), [[0.25, 0.75]])
+    assert AnswerAdapter("label-names", ["a", "b"])(np.array([["b", "a"]])).tolist() == [[1, 0]]
     with pytest.raises(TargetError, match="unknown label 'c'"):
-        OutputAdapter("label-names", ["a", "b"])(np.array([["c"]]))
+        AnswerAdapter("label-names", ["a", "b"])(np.array([["c"]]))
     assert (
-        OutputAdapter("labels").provides == "labels" and OutputAdapter("logits").provides == "probabilities"
+        AnswerAdapter("labels").provides == "labels" and AnswerAdapter("logits").provides == "probabilities"
     )
 
 
@@ -286,7 +286,7 @@ def test_secrets_never_printed_or_written(model, fingerprint, tmp_path, monkeypa
             url,
             "--model-name",
             "digits",
-            "--output",
+            "--returns",
             "logits",
             "--header",
             f"X-Api-Key: {SECRETS[1]}",
@@ -416,7 +416,7 @@ def test_cli_verify_url_exit_codes(model, tampered, fingerprint, digits, tmp_pat
     fp_path = tmp_path / "fp.nnseal"
     fingerprint.save(fp_path)
     runner = CliRunner()
-    args = ["verify", str(fp_path), "--allow-unsigned", "--model-name", "digits", "--output", "logits"]
+    args = ["verify", str(fp_path), "--allow-unsigned", "--model-name", "digits", "--returns", "logits"]
     args += ["--spec", "top1-p4"]
     with FakeServer(TorchTarget(model), NAMES) as good, FakeServer(tampered, NAMES) as bad:
         intact = runner.invoke(
@@ -435,7 +435,7 @@ def test_cli_verify_url_exit_codes(model, tampered, fingerprint, digits, tmp_pat
         "both": runner.invoke(main, [*args, str(fp_path), "--url", down_url]),
         "neither": runner.invoke(main, args),
         "json": runner.invoke(main, [*args, "--url", down_url, "--protocol", "json"]),
-        "names": runner.invoke(main, [*args, "--url", down_url, "--output", "label-names"]),
+        "names": runner.invoke(main, [*args, "--url", down_url, "--returns", "label-names"]),
         "watch": runner.invoke(main, ["watch", str(fp_path)]),
     }
     for name, r in errors.items():
@@ -449,7 +449,7 @@ def test_cli_watch_json_lines_and_first_tampered_exit(model, tampered, fingerpri
     fp_path = tmp_path / "fp.nnseal"
     fingerprint.save(fp_path)
     runner = CliRunner()
-    args = ["watch", str(fp_path), "--allow-unsigned", "--model-name", "digits", "--output", "logits"]
+    args = ["watch", str(fp_path), "--allow-unsigned", "--model-name", "digits", "--returns", "logits"]
     args += ["--spec", "top1-p4"]
     with FakeServer(TorchTarget(model), NAMES) as good, FakeServer(tampered, NAMES) as bad:
         ok = runner.invoke(main, [*args, "--url", good.url, "--max-runs", "2", "--interval", "0"])
@@ -462,7 +462,7 @@ def test_cli_watch_json_lines_and_first_tampered_exit(model, tampered, fingerpri
 
 
 def test_watch_metrics_and_inconclusive_runs(model, fingerprint) -> None:
-    from nnseal._mlserver import free_port
+    from mlserver_rig import free_port
 
     port = free_port()
     metrics = WatchMetrics(port)

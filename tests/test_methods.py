@@ -16,7 +16,7 @@ from nnseal.methods import METHODS, Method, Pool
 from nnseal.methods.base import answers
 from nnseal.models import save_model
 from nnseal.targets import OnnxTarget, TorchTarget
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 
 FAST = {  # each method's own parameters, shrunk so the whole registry runs in seconds
     "sensitive-sample": {"steps": 100},

@@ -7,7 +7,7 @@ from nnseal.attacks import run_attack
 from nnseal.errors import NnsealError, TargetError
 from nnseal.models import export_onnx
 from nnseal.targets import OnnxTarget, Target, TorchTarget
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 
 
 def _largest_weight_scaled(model, relative: float) -> Target:

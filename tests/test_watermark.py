@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from fake_server import FakeServer
 
 from nnseal.cli import main
 from nnseal.errors import FingerprintError, NnsealError, TargetError
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods.frontier import METHOD, FrontierStitching, fgsm, key_accuracy
-from nnseal.models import export_onnx, save_model, train_model
+from nnseal.models import export_onnx, load_model, save_model, train_model
 from nnseal.targets import OnnxTarget, Target, TorchTarget
-from nnseal.watermark import EXIT_CODES, NullModel, Ownership, p_value, threshold, verify_watermark
+from nnseal.watermark import NullModel, Ownership, p_value, threshold, verify_watermark
 
 EPS = 0.2  # on 8x8 digits ε = 0.25 flips nearly every input: too few false adversaries for a key
 KEY = 20
@@ -209,16 +210,33 @@ def test_cli_embed_then_verify_round_trip_with_exit_codes(model, other, digits, 
                                     *extra])  # fmt: skip
 
     yes = verify(tmp_path / "wm.safetensors", "--json", "--sequential")
-    assert yes.exit_code == EXIT_CODES[Ownership.WATERMARKED] == 0, yes.output
+    assert yes.exit_code == Ownership.WATERMARKED.exit_code == 0, yes.output
     out = json.loads(yes.output)
     assert out["status"] == "watermarked" and out["queries_used"] == KEY - threshold(KEY) + 1
     no = verify(indep)
-    assert no.exit_code == EXIT_CODES[Ownership.NOT_WATERMARKED] == 1
+    assert no.exit_code == Ownership.NOT_WATERMARKED.exit_code == 1
     assert no.output.startswith("NOT-WATERMARKED")
     short = verify(tmp_path / "wm.safetensors", "--budget", "5")
-    assert short.exit_code == EXIT_CODES[Ownership.INCONCLUSIVE] == 3
+    assert short.exit_code == Ownership.INCONCLUSIVE.exit_code == 3
     cal = verify(tmp_path / "wm.safetensors", "--calibrate", str(indep), "--calibrate", str(src), "--json")
     assert cal.exit_code == 0 and json.loads(cal.output)["null"]["calibration_models"] == 2
+
+    names = [str(i) for i in range(10)]
+    with (
+        FakeServer(TorchTarget(load_model(tmp_path / "wm.safetensors")), names) as marked_api,
+        FakeServer(TorchTarget(other), names, v2_output="label-names") as other_api,
+    ):
+        remote = ["--model-name", "digits", "--json"]
+        yes = runner.invoke(main, ["watermark", "verify", str(tmp_path / "k.nnseal"), *hmac, "--url",
+                                   marked_api.url, "--returns", "logits", *remote])  # fmt: skip
+        assert yes.exit_code == 0 and json.loads(yes.output)["target_stats"]["requests"] >= 1, yes.output
+        no = runner.invoke(main, ["watermark", "verify", str(tmp_path / "k.nnseal"), *hmac, "--url",
+                                  other_api.url, "--returns", "label-names", "--class-names", ",".join(names),
+                                  *remote])  # fmt: skip
+        assert no.exit_code == 1 and json.loads(no.output)["kind"] == "ownership", no.output
+        both = runner.invoke(main, ["watermark", "verify", str(tmp_path / "k.nnseal"), str(src), *hmac,
+                                    "--url", marked_api.url])  # fmt: skip
+        assert both.exit_code == 2 and "not both" in both.stderr
 
     (tmp_path / "k.nnseal").write_bytes(b"not a key at all")
     bad = verify(tmp_path / "wm.safetensors")

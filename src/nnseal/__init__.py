@@ -8,15 +8,18 @@ from nnseal.fingerprint import Fingerprint
 from nnseal.methods import METHODS, SensitiveSampleFingerprinter, SensitiveSampleGenerator, manc_select
 from nnseal.models import export_onnx, load_model, model_id, save_model, train_model
 from nnseal.outputs import OutputSpec
+from nnseal.query import Answers, Verdict, query
 from nnseal.targets import OnnxTarget, Target, TorchTarget, open_target
-from nnseal.verify import Status, Verdict, verify
+from nnseal.verification import IntegrityVerdict, Status, verify
 
 __all__ = [
     "METHODS",
+    "Answers",
     "DataError",
     "Dataset",
     "Fingerprint",
     "FingerprintError",
+    "IntegrityVerdict",
     "ModelError",
     "NnsealError",
     "OnnxTarget",
@@ -35,6 +38,7 @@ __all__ = [
     "manc_select",
     "model_id",
     "open_target",
+    "query",
     "save_model",
     "train_model",
     "verify",

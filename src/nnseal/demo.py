@@ -31,7 +31,7 @@ from nnseal.report import image_grid, markdown_table, save_png
 from nnseal.signing import default_signing_key, key_dir
 from nnseal.targets.base import Target
 from nnseal.targets.local import OnnxTarget, TorchTarget
-from nnseal.verify import Verdict, verify
+from nnseal.verification import IntegrityVerdict, verify
 
 SPECS = ("top1", "top1-p2", "top1-p4")
 
@@ -42,7 +42,7 @@ class DemoRow:
 
     copy: str
     expected: str
-    verdicts: dict[str, Verdict]
+    verdicts: dict[str, IntegrityVerdict]
     accuracy: float | None
 
     @property
@@ -87,7 +87,8 @@ def run_demo(
     fp.save(out / "fingerprint.nnseal", ed25519_key=key)
     fp = Fingerprint.load(out / "fingerprint.nnseal")  # as a verifier does: the signature is checked first
     echo(f"      {fp.signature}; key folder {key_dir()}" + (" (key created now)" if created else ""))
-    save_png(image_grid([fp.seeds, fp.queries], scale=6), out / "fingerprint.png")  # type: ignore[list-item]
+    grid = image_grid([fp.seeds, fp.queries], scale=6, labels=["seeds", "sensitive samples"])  # type: ignore[list-item]
+    save_png(grid, out / "fingerprint.png")
 
     echo("[3/4] tampering copies")
     attacks = [

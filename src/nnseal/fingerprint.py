@@ -5,8 +5,10 @@ model's probabilities on them (every output spec's expected answer derives from 
 optionally, the natural seeds and the queries' reference labels (a watermark key: the labels the
 key must get, which may differ from the recorded probabilities' argmax). The metadata entry
 ``nnseal`` holds a JSON header (schema version, method and parameters, model identity, valid
-output specs, provenance); the entry ``signature`` holds HMAC-SHA256 and/or Ed25519 signatures
-over a digest of the header string and every tensor (see :mod:`nnseal.signing`).
+output specs, the serving environments it was made for — see :mod:`nnseal.numerics`, default
+``["cpu-fp32"]`` for files without the field — provenance); the entry ``signature`` holds
+HMAC-SHA256 and/or Ed25519 signatures over a digest of the header string and every tensor (see
+:mod:`nnseal.signing`).
 
 Loading checks, in order: the container's outer header parses within size and depth limits; the
 signature, against the trusted keys, over the raw header string and the tensors — before the header
@@ -55,6 +57,8 @@ class Fingerprint:
     provenance: dict[str, Any] = field(default_factory=dict)
     seeds: np.ndarray | None = None
     labels: np.ndarray | None = None
+    serving: list[str] = field(default_factory=lambda: ["cpu-fp32"])
+    """The serving environments the answers were checked to survive (:mod:`nnseal.numerics`)."""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
     signature: Signature = field(default=NOT_LOADED, compare=False)
@@ -95,6 +99,7 @@ class Fingerprint:
         if any(s.k > p.shape[1] for s in specs):
             raise FingerprintError(f"an output spec compares more labels than the {p.shape[1]} classes")
         self.specs = [str(s) for s in specs]
+        self.serving = _check_serving(self.serving)
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -119,6 +124,7 @@ class Fingerprint:
             "params": self.params,
             "model_id": self.model_id,
             "specs": self.specs,
+            "serving": self.serving,
             "provenance": self.provenance,
             "created": self.created,
             "n_queries": len(self),
@@ -196,7 +202,14 @@ class Fingerprint:
                 f"{path}: schema version {version} is newer than this nnseal supports "
                 f"({SCHEMA_VERSION}); upgrade nnseal"
             )
-        fields = {"specs": list, "model_id": str, "method": str, "params": dict, "provenance": dict}
+        fields = {
+            "specs": list,
+            "serving": list,
+            "model_id": str,
+            "method": str,
+            "params": dict,
+            "provenance": dict,
+        }
         for name, kind in fields.items():
             if not isinstance(h.get(name, kind()), kind):
                 raise FingerprintError(f"{path}: header field {name!r} must be a {kind.__name__}")
@@ -213,6 +226,7 @@ class Fingerprint:
                 provenance=h.get("provenance", {}),
                 seeds=tensors.get("seeds"),
                 labels=tensors.get("labels"),
+                serving=h.get("serving", ["cpu-fp32"]),
                 created=str(h.get("created", "")),
                 schema_version=version,
                 signature=signature,
@@ -223,6 +237,22 @@ class Fingerprint:
         if counts != (len(fp), fp.probabilities.shape[1]) or any(type(c) is not int for c in counts):
             raise FingerprintError(f"{path}: header counts do not match the stored tensors")
         return fp
+
+
+def _check_serving(serving: Any) -> list[str]:
+    """The declared serving environments: a non-empty list of distinct known names."""
+    from nnseal.numerics import ENVIRONMENTS
+
+    valid = ", ".join(ENVIRONMENTS)
+    if not isinstance(serving, (list, tuple)) or not serving or not all(isinstance(s, str) for s in serving):
+        raise FingerprintError(f"serving must be a non-empty list of environment names ({valid})")
+    unknown = [s for s in serving if s not in ENVIRONMENTS]
+    if unknown:
+        shown = ", ".join(repr(s[:40]) for s in unknown[:3])
+        raise FingerprintError(f"unknown serving environment {shown}; valid: {valid}")
+    if len(set(serving)) != len(serving):
+        raise FingerprintError("serving lists an environment more than once")
+    return list(serving)
 
 
 def _canonical(obj: Any) -> str:

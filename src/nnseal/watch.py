@@ -20,7 +20,7 @@ from typing import Any
 
 from nnseal.fingerprint import Fingerprint
 from nnseal.targets.base import Target
-from nnseal.verify import Status, Verdict, verify
+from nnseal.verification import IntegrityVerdict, Status, verify
 
 
 class WatchMetrics:
@@ -58,7 +58,7 @@ class WatchMetrics:
         )
         self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
 
-    def record(self, verdict: Verdict, seconds: float) -> None:
+    def record(self, verdict: IntegrityVerdict, seconds: float) -> None:
         self.runs.labels(verdict.status.value).inc()
         self.verdict.state(verdict.status.value)
         self.queries.inc(verdict.queries_used)
@@ -87,7 +87,7 @@ def watch(
     apart (start to start); stop after a *tampered* verdict or ``max_runs`` runs.
 
     ``make_target`` builds a fresh target per run, so each run's query count and budget stand alone.
-    ``verify_kwargs`` go to :func:`~nnseal.verify.verify` (budget, batch_size …).
+    ``verify_kwargs`` go to :func:`~nnseal.verification.verify` (budget, batch_size …).
     """
     if interval < 0:
         raise ValueError(f"interval must be >= 0, got {interval}")

@@ -22,27 +22,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from nnseal.errors import NnsealError, TargetError
+from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods.frontier import METHOD
+from nnseal.query import Answers, Decision, Verdict, evidence, query
 from nnseal.targets.base import Target
-from nnseal.verify import _check_answers, check_target
 
 
-class Ownership(str, Enum):
+class Ownership(Decision):
     WATERMARKED = "watermarked"
     NOT_WATERMARKED = "not-watermarked"
     INCONCLUSIVE = "inconclusive"
 
-
-EXIT_CODES = {Ownership.WATERMARKED: 0, Ownership.NOT_WATERMARKED: 1, Ownership.INCONCLUSIVE: 3}
-"""CLI exit code per verdict (2 is reserved for usage and input errors), as for tamper verification."""
+    @property
+    def exit_code(self) -> int:
+        """CLI exit code (2 is reserved for usage and input errors), as for tamper verification."""
+        return {"watermarked": 0, "not-watermarked": 1, "inconclusive": 3}[self.value]
 
 
 @dataclass(frozen=True)
@@ -129,41 +128,21 @@ def p_value(errors: int, key_size: int, null: NullModel = PAPER_NULL) -> float:
     return float(null.error_cdf(key_size)[errors])
 
 
-@dataclass
-class WatermarkVerdict:
-    """The ownership decision and its evidence."""
+@dataclass(kw_only=True)
+class OwnershipVerdict(Verdict):
+    """Does the target carry the watermark? ``errors`` / ``correct``: key answers that differ from /
+    match the key's labels; ``theta``: the claim needs fewer errors than this at level ``alpha``."""
 
+    kind: str = "ownership"
     status: Ownership
     alpha: float
     theta: int
-    key_size: int
-    queries_used: int
     errors: int
     correct: int
     p_value: float
     key_accuracy: float | None
     sequential: bool
     null: dict[str, Any] = field(default_factory=dict)
-    failed: list[int] = field(default_factory=list)
-    reason: str = ""
-    target: str = ""
-    key_model_id: str = ""
-    signature: dict[str, Any] = field(default_factory=dict)
-    """What the key file's signature check found (:class:`nnseal.signing.Signature`)."""
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["status"] = self.status.value
-        return d
-
-
-def _labels(target: Target, x: np.ndarray, n_classes: int) -> np.ndarray:
-    raw = _check_answers(target.predict(x), len(x), target.provides, n_classes)
-    return (raw.argmax(1) if target.provides == "probabilities" else raw[:, 0]).astype(np.int64)
 
 
 def verify_watermark(
@@ -174,9 +153,9 @@ def verify_watermark(
     null: NullModel = PAPER_NULL,
     sequential: bool = False,
     budget: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = False,
-) -> WatermarkVerdict:
+) -> OwnershipVerdict:
     """Query ``target`` with the watermark key and decide at level ``alpha`` (see module docstring).
 
     Args:
@@ -184,15 +163,11 @@ def verify_watermark(
         sequential: query only as many keys as the decision needs; a batch is never larger than
             the fewest further answers that could decide, so no query is wasted.
         budget: most queries to send; keys left unqueried count as unknown.
-        batch_size: most queries per ``predict`` call.
+        batch_size: most queries per ``predict`` call (default: the target's preferred size).
     """
     if key.method != METHOD or key.labels is None:
         raise NnsealError(f"not a {METHOD} watermark key (method {key.method!r}, labels missing)")
-    check_target(key, target)
-    if budget is not None and budget < 0:
-        raise ValueError(f"budget must be >= 0, got {budget}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    labels = key.labels
     n = len(key)
     theta = threshold(n, alpha, null)
     if theta == 0:
@@ -200,33 +175,29 @@ def verify_watermark(
             f"a key of {n} inputs cannot reach alpha={alpha} under this null: even 0 errors are "
             "that likely for a model that is not watermarked (use a longer key or a larger alpha)"
         )
-    limit = n if budget is None else min(n, budget)
-    n_classes = key.probabilities.shape[1]
-    errors = correct = pos = 0
-    failed: list[int] = []
-    reasons: list[str] = []
-    start = target.queries
-    bar = tqdm(total=limit, desc="verify watermark", disable=not progress, leave=False)
-    while pos < limit:
+
+    def tally(answers: Answers) -> tuple[int, int]:
+        idx, got = answers.labels()
+        correct = int((got == labels[idx]).sum())
+        return len(idx) - correct, correct
+
+    def next_batch(answers: Answers, size: int) -> int:
+        errors, correct = tally(answers)
         unknown = n - errors - correct
-        if sequential and (errors >= theta or errors + unknown < theta):
-            break
-        size = min(batch_size, limit - pos)
-        if sequential:  # either decision needs at least this many more answers
-            size = min(size, max(1, min(theta - errors, unknown - (theta - 1 - errors))))
-        idx = np.arange(pos, pos + size)
-        pos += size
-        bar.update(size)
-        try:
-            got = _labels(target, key.queries[idx], n_classes)
-        except TargetError as e:
-            failed.extend(idx.tolist())
-            reasons.append(str(e))
-            continue
-        hits = int((got == key.labels[idx]).sum())
-        correct += hits
-        errors += size - hits
-    bar.close()
+        if errors >= theta or errors + unknown < theta:
+            return 0
+        return min(size, max(1, min(theta - errors, unknown - (theta - 1 - errors))))
+
+    answers = query(
+        key,
+        target,
+        budget=budget,
+        batch_size=batch_size,
+        next_batch=next_batch if sequential else None,
+        progress=progress,
+        desc="verify watermark",
+    )
+    errors, correct = tally(answers)
     unknown = n - errors - correct
     if errors >= theta:
         status = Ownership.NOT_WATERMARKED
@@ -237,27 +208,25 @@ def verify_watermark(
             f" even if the {unknown} unqueried keys were all wrong" if unknown else ""
         )
     else:
-        why = f"{len(failed)} keys got no valid answer ({reasons[0]})" if failed else ""
-        if limit < n:
-            why = f"budget allowed {limit} of {n} queries" + (f"; {why}" if why else "")
+        why = ""
+        if answers.failed:
+            causes = ", ".join(f"{k}: {v}" for k, v in sorted(answers.problems.items()))
+            why = f"{len(answers.failed)} keys got no valid answer ({causes}); first: {answers.reasons[0]}"
+        if answers.limit < n:
+            why = f"budget allowed {answers.limit} of {n} queries" + (f"; {why}" if why else "")
         status = Ownership.INCONCLUSIVE
         reason = f"{errors} errors with {unknown} keys unknown could end either side of theta={theta}: {why}"
     answered = errors + correct
-    return WatermarkVerdict(
+    return OwnershipVerdict(
         status=status,
+        reason=reason,
         alpha=alpha,
         theta=theta,
-        key_size=n,
-        queries_used=target.queries - start,
         errors=errors,
         correct=correct,
         p_value=p_value(errors + unknown, n, null),
         key_accuracy=correct / answered if answered else None,
         sequential=sequential,
         null=null.to_dict(),
-        failed=failed,
-        reason=reason,
-        target=target.describe(),
-        key_model_id=key.model_id,
-        signature=key.signature.to_dict(),
+        **evidence(key, answers),
     )

@@ -4,7 +4,7 @@ result = run_attack("prune", model, {"amount": 0.5}, test=test)
 result.lineage_str, result.record["metrics"]["accuracy_after"], result.save("pruned.safetensors")
 """
 
-from nnseal.attacks import compression, training, watermarking, weights
+from nnseal.attacks import compression, removal, training, watermarking, weights
 from nnseal.attacks.base import (
     ATTACKS,
     Attack,
@@ -24,6 +24,7 @@ __all__ = [
     "compression",
     "lineage_str",
     "register",
+    "removal",
     "run_attack",
     "stamp_trigger",
     "training",

@@ -1,8 +1,8 @@
 """The attack framework: a registry of model → model transformations with parameters and a seed.
 
 An attack function takes a private copy of the model, an :class:`AttackContext` (data, seed, a
-work folder, a dict for the effects it measures) and keyword-only parameters, and returns the
-attacked model — or, for attacks whose output is an ONNX model, the path of that file.
+dict for the effects it measures, one for what else it makes) and keyword-only parameters, and returns the
+attacked model — or, for attacks that produce an ONNX model, its serialized bytes.
 :func:`run_attack` does the shared work: validates parameters, copies the model, measures clean
 accuracy before and after, and appends a lineage record such as
 ``finetune(lr=0.0001,steps=200)-quantize-int8()`` that travels with the saved model.
@@ -32,7 +32,8 @@ from nnseal.targets.local import OnnxTarget, TorchTarget
 if TYPE_CHECKING:
     from nnseal.data import Dataset
 
-Output = Literal["torch", "onnx"]
+ModelFormat = Literal["torch", "onnx"]
+"""What an attack writes: a torch model, or a serialized ONNX model."""
 
 
 @dataclass
@@ -58,12 +59,12 @@ class AttackContext:
 
 @dataclass(frozen=True)
 class Attack:
-    """A registered attack and what it declares: needs training data? torch or ONNX output?"""
+    """A registered attack and what it declares: needs training data? torch or ONNX model?"""
 
     name: str
     fn: Callable[..., nn.Module | bytes]
     needs_data: bool
-    output: Output
+    produces: ModelFormat
     description: str
 
     def defaults(self) -> dict[str, Any]:
@@ -80,13 +81,13 @@ ATTACKS: dict[str, Attack] = {}
 
 
 def register(
-    name: str, *, needs_data: bool = False, output: Output = "torch"
+    name: str, *, needs_data: bool = False, produces: ModelFormat = "torch"
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add an attack function to :data:`ATTACKS`; its docstring's first line describes it."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         first_paragraph = (fn.__doc__ or "").strip().split("\n\n")[0]
-        ATTACKS[name] = Attack(name, fn, needs_data, output, " ".join(first_paragraph.split()))
+        ATTACKS[name] = Attack(name, fn, needs_data, produces, " ".join(first_paragraph.split()))
         return fn
 
     return wrap

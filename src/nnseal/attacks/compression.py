@@ -86,7 +86,7 @@ def prune(
     return model
 
 
-@register("onnx-quantize", output="onnx")
+@register("onnx-quantize", produces="onnx")
 def onnx_quantize(
     model: nn.Module, ctx: AttackContext, *, mode: str = "dynamic", calibration: int = 256
 ) -> bytes:

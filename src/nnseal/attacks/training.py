@@ -10,15 +10,15 @@ import numpy as np
 from torch import nn
 
 from nnseal.attacks.base import AttackContext, register
+from nnseal.models.inference import probabilities
 from nnseal.models.train import fit, steps_to_epochs
-from nnseal.targets.local import TorchTarget
 
 if TYPE_CHECKING:
     from nnseal.data import Dataset
 
 
 def _predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    return TorchTarget(model).predict(x).argmax(1)
+    return probabilities(model, x).argmax(1)
 
 
 @register("finetune", needs_data=True)

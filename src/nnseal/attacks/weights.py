@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from nnseal.attacks.base import AttackContext, register
-from nnseal.targets.local import TorchTarget
+from nnseal.models.inference import probabilities
 
 
 def _param(model: nn.Module, name: str) -> nn.Parameter:
@@ -61,7 +61,7 @@ def flip_weight(
     flat = _param(model, param).data.view(-1)
     if index >= flat.numel():
         raise ValueError(f"index {index} out of range for {param} with {flat.numel()} entries")
-    base = TorchTarget(model).predict(train.x).argmax(1)
+    base = probabilities(model, train.x).argmax(1)
     candidates = [index] if index >= 0 else ctx.rng().permutation(flat.numel())[:20].tolist()
     with torch.no_grad():
         for i in candidates:
@@ -85,7 +85,7 @@ def _smallest_flip(
 
     def flips(delta: float) -> bool:
         flat[i] = original + delta
-        changed = bool((TorchTarget(model).predict(x).argmax(1) != base).any())
+        changed = bool((probabilities(model, x).argmax(1) != base).any())
         flat[i] = original
         return changed
 

@@ -40,6 +40,7 @@ class PoolConfig:
     norm: str = "linf"
     natural_pool: int = 300
     min_margin: float = 2e-5
+    serving: list[str] = field(default_factory=lambda: ["cpu-fp32"])  # see nnseal.numerics
 
 
 @dataclass
@@ -190,6 +191,9 @@ def config_from_dict(raw: dict[str, Any], base: Path | None = None) -> Experimen
             cfg.out = str(base / cfg.out)
     if cfg.fingerprint.bag > cfg.fingerprint.pool:
         raise NnsealError(f"bag ({cfg.fingerprint.bag}) cannot exceed pool ({cfg.fingerprint.pool})")
+    from nnseal.numerics import check_serving
+
+    cfg.fingerprint.serving = check_serving(cfg.fingerprint.serving, where="[fingerprint] serving")
     bad = sorted(set(cfg.markers.strategies) - {"adversarial", "bisection", "flip-rate", "hybrid"})
     if bad:
         raise NnsealError(

@@ -50,7 +50,7 @@ from nnseal.models import Classifier, export_onnx, load_model, model_id, train_m
 from nnseal.models.train import evaluate_accuracy
 from nnseal.outputs import OutputSpec
 from nnseal.targets import OnnxTarget, Target, TorchTarget
-from nnseal.verify import Status, verify
+from nnseal.verification import Status, verify
 
 
 @dataclass
@@ -83,7 +83,13 @@ def methods_from_config(cfg: ExperimentConfig, progress: bool = False) -> list[t
     """(pool name, shipped method) for every pool the config asks for: natural inputs, sensitive
     samples ([fingerprint]), one marker pool per [markers] strategy, then every [[methods]] entry."""
     fp, mk = cfg.fingerprint, cfg.markers
-    common = {"n_queries": 1, "specs": cfg.evaluation.specs, "min_margin": fp.min_margin, "seed": cfg.seed}
+    common = {
+        "n_queries": 1,
+        "specs": cfg.evaluation.specs,
+        "min_margin": fp.min_margin,
+        "serving": fp.serving,
+        "seed": cfg.seed,
+    }
     out: list[tuple[str, Method]] = [
         ("natural", NaturalInputs(pool_size=fp.natural_pool, **common)),
         (

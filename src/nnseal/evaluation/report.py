@@ -70,7 +70,11 @@ def write_outputs(results: Results, pools: dict[str, Pool], out: str | Path) -> 
     sensitive, natural = pools["sensitive"], pools["natural"]
     picks = min(10, len(sensitive), len(natural))
     save_png(
-        image_grid([sensitive.seeds[:picks], sensitive.x[:picks], natural.x[:picks]], scale=3),  # type: ignore[index]
+        image_grid(
+            [sensitive.seeds[:picks], sensitive.x[:picks], natural.x[:picks]],  # type: ignore[index]
+            scale=3,
+            labels=["seeds", "sensitive samples", "natural inputs"],
+        ),
         out / "samples.png",
     )
     _plots(results, out)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnseal import numerics
 from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods.manc import manc_select
@@ -76,12 +77,24 @@ class Method(ABC):
         pool_size: natural seeds drawn from the data to make candidates from (the SSF paper's bag).
         specs: output specs the fingerprint must be valid for (the first is ``verify``'s default).
         min_margin: a candidate is kept only if every spec's answer survives every probability moving
-            by this fraction of its value (:meth:`OutputSpec.margin`); float error is relative.
+            by this fraction of its value (:meth:`OutputSpec.margin`); float error is relative. It
+            covers ``cpu-fp32`` serving (measured up to ~1e-5).
+        serving: the environments the model will be served in (:data:`nnseal.numerics.ENVIRONMENTS`:
+            cpu-fp32, onnxruntime, gpu-fp32, gpu-tf32, bf16, fp16; a list or a comma-separated
+            string). Unless only ``cpu-fp32`` is declared (or the method always measures), every
+            candidate is run in each declared environment and kept only if every spec's answer is
+            unchanged there and its margin is at least ``noise_factor ×`` the noise measured on it.
+            Declaring bf16/fp16 makes a cast-to-bf16/fp16 copy undetectable by design (warned).
+        noise_factor: the margin a kept answer needs is at least this many times the noise measured on
+            it in the declared environments (:func:`nnseal.numerics.relative_noise`).
         seed: the one source of randomness (seeds drawn, random selection, the method's own draws).
         progress: show progress bars.
     """
 
     name: ClassVar[str]
+    always_measures: ClassVar[bool] = False
+    """Measure the declared environments' noise even when only cpu-fp32 is declared (methods whose
+    candidates sit near a frontier on purpose)."""
 
     def __init__(
         self,
@@ -90,6 +103,8 @@ class Method(ABC):
         pool_size: int = 100,
         specs: Sequence[str] = ("top1",),
         min_margin: float = 2e-5,
+        serving: Sequence[str] | str = numerics.DEFAULT_SERVING,
+        noise_factor: float = 4.0,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -99,6 +114,11 @@ class Method(ABC):
             )
         if min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {min_margin}")
+        if noise_factor < 0:
+            raise ValueError(f"noise_factor must be >= 0, got {noise_factor}")
+        self.serving = numerics.check_serving(serving)
+        numerics.warn_lower_precision(self.serving)
+        self.noise_factor = float(noise_factor)
         self.n_queries, self.pool_size, self.seed = int(n_queries), int(pool_size), int(seed)
         self.specs = [OutputSpec.parse(s) for s in specs]
         if not self.specs:
@@ -128,6 +148,7 @@ class Method(ABC):
             "n_queries": self.n_queries,
             "pool_size": self.pool_size,
             "min_margin": self.min_margin,
+            "noise_factor": self.noise_factor,
             "seed": self.seed,
             **self.own_params(),
         }
@@ -144,17 +165,40 @@ class Method(ABC):
         """Indices of the natural inputs candidates are made from (sorted, without replacement)."""
         return np.sort(rng.choice(len(data), min(self.pool_size, len(data)), replace=False))
 
-    def noise_margin(self, model: nn.Module, pool: Pool) -> float:
-        """The relative margin every kept answer must survive: ``min_margin``; methods whose
-        candidates sit near a frontier on purpose widen it by the noise they measure."""
-        return self.min_margin
+    def noise_environments(self) -> list[str]:
+        """The environments :meth:`stable` runs candidates in: the declared ones — none when only
+        ``cpu-fp32`` is declared, which ``min_margin`` covers, unless the method always measures."""
+        if not self.always_measures and self.serving == list(numerics.DEFAULT_SERVING):
+            return []
+        return list(self.serving)
 
     def stable(self, model: nn.Module, pool: Pool) -> Pool:
-        """The candidates whose answer under every spec survives the noise margin."""
-        margin = self.noise_margin(model, pool) if len(pool) else self.min_margin
-        keep = np.flatnonzero(np.min([s.margin(pool.probs) for s in self.specs], axis=0) >= margin)
+        """The candidates whose answer under every spec is unchanged in every measured serving
+        environment and survives ``max(min_margin, noise_factor × the noise measured on it)``."""
+        margins = np.stack([s.margin(pool.probs) for s in self.specs], axis=1).reshape(len(pool), -1)
+        required = np.full(margins.shape, self.min_margin)
+        changed = np.zeros(margins.shape, dtype=bool)
+        envs = self.noise_environments() if len(pool) else []
+        info: dict[str, Any] = {}
+        if envs:
+            noise = numerics.measure(model, pool.x, envs, self.specs, reference=pool.probs)
+            per_query = noise.per_query()
+            required = np.maximum(required, self.noise_factor * per_query)
+            changed = noise.any_changed()
+            pool.details["serving_noise"] = per_query  # (n, specs): the margin needed is factor × this
+            info = {
+                "noise_environments": envs,
+                "noise": noise.by_setup(),
+                "noise_by_environment": noise.by_environment(),
+                "changed_answers": noise.changed_by_environment(),
+            }
+        ok = (margins >= required) & ~changed
+        keep = np.flatnonzero(ok.all(axis=1))
         out = pool.subset(keep)
-        out.info.update(candidates=len(pool), stable_candidates=len(keep), noise_margin=margin)
+        margin = float(required.max()) if len(pool) else self.min_margin
+        out.info.update(candidates=len(pool), stable_candidates=len(keep), noise_margin=margin, **info)
+        if envs:
+            out.info["stable_by_spec"] = {str(s): int(ok[:, i].sum()) for i, s in enumerate(self.specs)}
         return out
 
     def pool(self, model: nn.Module, data: Dataset, rng: np.random.Generator | None = None) -> Pool:
@@ -162,6 +206,26 @@ class Method(ABC):
         check_data(model, data.input_shape, len(data.classes))
         rng = np.random.default_rng(self.seed) if rng is None else rng
         return self.stable(model, self.candidates(model.eval(), data, rng))
+
+    def _too_few(self, pool: Pool) -> str:
+        """Why the pool cannot make a fingerprint: which spec the declared environments rule out."""
+        head = f"only {len(pool)} of {pool.info['candidates']} candidates clear the noise margin"
+        by_spec = pool.info.get("stable_by_spec")
+        if not by_spec:
+            return f"{head} {pool.info['noise_margin']:.2g}; raise pool_size or lower min_margin"
+        envs = ", ".join(pool.info["noise_environments"])
+        short = [f"{s} ({n} candidates)" for s, n in by_spec.items() if n < self.n_queries]
+        noise = max(pool.info["noise_by_environment"].values())
+        reason = (
+            f"output spec {' and '.join(short)} cannot be supported under serving {envs}: "
+            if short
+            else f"too few satisfy every spec at once under serving {envs}: "
+        )
+        return (
+            f"{head} for {self.n_queries} queries; {reason}its answers move by up to {noise:.2g} "
+            f"(relative) there and need a margin of {self.noise_factor:g}× that; drop the spec, declare "
+            "fewer environments, or raise pool_size"
+        )
 
     def select(self, pool: Pool, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` indices into ``pool``: greedy coverage of ``pool.cover`` (pick order), or a random draw."""
@@ -174,10 +238,7 @@ class Method(ABC):
         rng = np.random.default_rng(self.seed)
         pool = self.pool(model, data, rng)
         if len(pool) < self.n_queries:
-            raise NnsealError(
-                f"only {len(pool)} of {pool.info['candidates']} candidates clear the noise margin "
-                f"{pool.info['noise_margin']:.2g}; raise pool_size or lower min_margin"
-            )
+            raise NnsealError(self._too_few(pool))
         chosen = pool.subset(self.select(pool, self.n_queries, rng))
         return Fingerprint(
             queries=chosen.x,
@@ -187,6 +248,7 @@ class Method(ABC):
             method=self.name,
             params=self.get_params(),
             seeds=chosen.seeds,
+            serving=list(self.serving),
             provenance={
                 "dataset": data.name,
                 **pool.info,

@@ -14,18 +14,18 @@ evaluation harness compares side by side with Sensitive-Sample fingerprints:
   first, and each next one catching perturbations the earlier ones miss;
 * ``hybrid`` — sensitive samples (SSF) pushed to the frontier like ``adversarial``.
 
-Markers sit close to a frontier on purpose, so benign numerics (batch size, threads, ONNX Runtime)
-could flip them. :func:`measure_noise` measures that noise on the owner's side, and the fingerprinter
-keeps only markers whose answers survive ``max(min_margin, noise_factor × measured noise)``.
+Markers sit close to a frontier on purpose, so benign numerics (batch size, threads, ONNX Runtime, a
+GPU's TF32) could flip them. The fingerprinter therefore always measures that noise on the owner's
+side in the declared serving environments (:mod:`nnseal.numerics`; ONNX Runtime too unless
+``noise_onnx`` is off) and keeps only markers whose answers are unchanged there and survive
+``max(min_margin, noise_factor × the noise measured on each)`` (:meth:`Method.stable`).
 """
 
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -35,10 +35,10 @@ from torch import nn
 from nnseal.errors import NnsealError
 from nnseal.methods.base import Method, Pool, answers
 from nnseal.methods.sensitive import SensitiveSampleGenerator
-from nnseal.models.io import export_onnx
+from nnseal.numerics import measure_noise  # noqa: F401 (re-exported: nnseal.methods.measure_noise)
 from nnseal.outputs import OutputSpec
 from nnseal.targets.base import Target
-from nnseal.targets.local import OnnxTarget, TorchTarget
+from nnseal.targets.local import TorchTarget
 
 if TYPE_CHECKING:
     from nnseal.data import Dataset
@@ -170,35 +170,6 @@ def flip_matrix(model: nn.Module, x: np.ndarray, perturbations: Sequence[Perturb
     return np.stack([answers(p.apply(model), x).argmax(1) != base for p in perturbations], axis=1)
 
 
-def measure_noise(
-    model: nn.Module,
-    x: np.ndarray,
-    *,
-    batch_sizes: Sequence[int] = (1, 7, 64, 256),
-    threads: Sequence[int] = (1, 2),
-    onnx: bool = True,
-) -> dict[str, float]:
-    """Largest relative probability change of any top-2 class between the full-batch answer and each
-    serving setup (torch batch sizes × thread counts, and ONNX Runtime)."""
-    ref = answers(model, x)
-    top2 = np.argsort(-ref, axis=1)[:, :2]
-    targets: list[tuple[str, Target]] = [
-        (f"torch batch {b} threads {t}", TorchTarget(model, batch_size=b, threads=t))
-        for b in batch_sizes
-        for t in threads
-    ]
-    with tempfile.TemporaryDirectory() as tmp:
-        if onnx:
-            path = export_onnx(model, Path(tmp) / "model.onnx", tuple(x.shape[1:]))
-            targets.append(("onnxruntime", OnnxTarget(path)))
-        noise = {}
-        for name, target in targets:
-            p = np.take_along_axis(target.predict(x), top2, axis=1)
-            r = np.take_along_axis(ref, top2, axis=1)
-            noise[name] = float((np.abs(p - r) / np.maximum(r, 1e-30)).max())
-    return noise
-
-
 @dataclass
 class Markers:
     """Candidate markers, the natural inputs they came from (and their positions among the seeds
@@ -297,14 +268,16 @@ class MarkerFingerprinter(Method):
     Args:
         strategy, epsilon, pgd_steps, target_margin, iters, backoff, ss_steps, ss_epsilon: see
             :class:`MarkerGenerator`.
-        noise_factor: the margin is at least this many times the noise :func:`measure_noise` measured.
-        noise_onnx: include ONNX Runtime in the noise measurement (exports the model to a temp dir).
+        noise_onnx: measure ONNX Runtime too (the ``onnxruntime`` environment; exports the model to a
+            temp dir), whether or not it is declared in ``serving``.
         **common: ``n_queries``, ``pool_size`` (natural seeds; some reach no frontier and are
-            dropped), ``specs``, ``min_margin`` (the margin's floor), ``seed``: see
-            :class:`~nnseal.methods.base.Method`.
+            dropped), ``specs``, ``min_margin`` (the margin's floor), ``serving`` and
+            ``noise_factor`` (markers always measure the declared environments' noise), ``seed``:
+            see :class:`~nnseal.methods.base.Method`.
     """
 
     name = "tampernn-markers"
+    always_measures = True
 
     def __init__(
         self,
@@ -318,14 +291,11 @@ class MarkerFingerprinter(Method):
         backoff: float = 0.05,
         ss_steps: int = 300,
         ss_epsilon: float = 0.1,
-        noise_factor: float = 4.0,
         noise_onnx: bool = True,
         **common: Any,
     ) -> None:
         super().__init__(pool_size=pool_size, **common)
-        if noise_factor < 0:
-            raise ValueError(f"noise_factor must be >= 0, got {noise_factor}")
-        self.noise_factor, self.noise_onnx = float(noise_factor), noise_onnx
+        self.noise_onnx = bool(noise_onnx)
         self.generator = MarkerGenerator(
             strategy,
             epsilon=epsilon,
@@ -339,7 +309,7 @@ class MarkerFingerprinter(Method):
         )
 
     def own_params(self) -> dict[str, Any]:
-        return {"noise_factor": self.noise_factor, "noise_onnx": self.noise_onnx, **self.generator.config()}
+        return {"noise_onnx": self.noise_onnx, **self.generator.config()}
 
     def candidates(self, model: nn.Module, data: Dataset, rng: np.random.Generator) -> Pool:
         idx = self.draw_seeds(data, rng)
@@ -352,8 +322,7 @@ class MarkerFingerprinter(Method):
             details["flip_rate"] = markers.flips.mean(1)
         return Pool(markers.x, probs, markers.seeds, markers.flips, details)
 
-    def noise_margin(self, model: nn.Module, pool: Pool) -> float:
-        """``max(min_margin, noise_factor × noise)``: markers sit near a frontier on purpose."""
-        noise = measure_noise(model, pool.x, onnx=self.noise_onnx)
-        pool.info["noise"] = noise
-        return max(self.min_margin, self.noise_factor * max(noise.values()))
+    def noise_environments(self) -> list[str]:
+        """The declared environments, and ONNX Runtime with ``noise_onnx``: always measured."""
+        envs = super().noise_environments()
+        return [*envs, "onnxruntime"] if self.noise_onnx and "onnxruntime" not in envs else envs

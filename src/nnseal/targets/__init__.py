@@ -4,8 +4,8 @@ from nnseal.targets.base import Target
 from nnseal.targets.http import HttpTarget, make_protocol
 from nnseal.targets.local import OnnxTarget, TorchTarget, open_target
 from nnseal.targets.protocols import (
+    AnswerAdapter,
     JsonProtocol,
-    OutputAdapter,
     Protocol,
     TFServingProtocol,
     TorchServeProtocol,
@@ -14,10 +14,10 @@ from nnseal.targets.protocols import (
 from nnseal.targets.stealth import StealthTarget
 
 __all__ = [
+    "AnswerAdapter",
     "HttpTarget",
     "JsonProtocol",
     "OnnxTarget",
-    "OutputAdapter",
     "Protocol",
     "StealthTarget",
     "TFServingProtocol",

@@ -31,7 +31,7 @@ in the URL, an ``Authorization`` header) are refused rather than one silently wi
 Example::
 
     from nnseal.targets.http import HttpTarget, V2Protocol
-    target = HttpTarget("http://127.0.0.1:8080", V2Protocol("digits"), output="logits")
+    target = HttpTarget("http://127.0.0.1:8080", V2Protocol("digits"), returns="logits")
     verdict = verify(fingerprint, target)
 """
 
@@ -58,9 +58,9 @@ from nnseal._io import parse_json
 from nnseal.errors import TargetError
 from nnseal.targets.base import Target
 from nnseal.targets.protocols import (
+    AnswerAdapter,
+    AnswerKind,
     JsonProtocol,
-    Output,
-    OutputAdapter,
     Protocol,
     TFServingProtocol,
     TorchServeProtocol,
@@ -242,11 +242,13 @@ def _ssl_context(verify: bool, ca_bundle: str | None, cert: str | None, key: str
 class HttpTarget(Target):
     """A classifier behind ``url`` spoken to through ``protocol``; see the module docstring.
 
+    It counts every input it sends, retries included (``counts_sent``).
+
     Args:
         url: base URL (``http://host:port``), without the protocol's path; user info in it is sent as
             basic auth and its query string with every request (both kept out of reports).
         protocol: a :class:`~nnseal.targets.protocols.Protocol` (V2, TorchServe, TF Serving, JSON).
-        output: what the answer rows are: probabilities, logits, labels or label-names.
+        returns: what the answer rows are: probabilities, logits, labels or label-names.
         class_names: class names in index order, for ``label-names``.
         max_batch_size: most inputs per request (default 64; the protocol may force fewer).
         concurrency: requests in flight at once.
@@ -272,7 +274,7 @@ class HttpTarget(Target):
         url: str,
         protocol: Protocol,
         *,
-        output: Output = "probabilities",
+        returns: AnswerKind = "probabilities",
         class_names: Sequence[str] | None = None,
         max_batch_size: int = 64,
         concurrency: int = 1,
@@ -292,7 +294,7 @@ class HttpTarget(Target):
         client_key: str | None = None,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(max_queries=max_queries)
         try:
             base = httpx.URL(url)
         except httpx.InvalidURL as e:
@@ -308,8 +310,6 @@ class HttpTarget(Target):
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if timeout <= 0 or backoff < 0 or max_backoff < 0 or max_retry_after < 0:
             raise ValueError("timeout must be > 0 and backoff, max_backoff, max_retry_after >= 0")
-        if max_queries is not None and max_queries < 0:
-            raise ValueError(f"max_queries must be >= 0, got {max_queries}")
         if max_response_bytes is not None and max_response_bytes < 1:
             raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         token = token if token is not None else os.environ.get(TOKEN_ENV)
@@ -326,12 +326,12 @@ class HttpTarget(Target):
             names = f"{', '.join(given[:-1])} or {given[-1]}"
             raise ValueError(f"give {names}, not {'both' if len(given) == 2 else 'several'}")
         self.url, self.protocol = redact_url(base), protocol
-        self.adapter = OutputAdapter(output, class_names)
+        self.adapter = AnswerAdapter(returns, class_names)
         self.provides = self.adapter.provides
         self.max_batch_size = min(max_batch_size, protocol.max_batch or max_batch_size)
         self.concurrency, self.retries = concurrency, retries
         self.backoff, self.max_backoff, self.max_retry_after = backoff, max_backoff, max_retry_after
-        self.max_queries, self.timeout = max_queries, timeout
+        self.timeout = timeout
         self.max_response_bytes = max_response_bytes
         self.num_classes = num_classes or (len(class_names) if class_names else None)
         self.requests = self.retried = self.rate_limited = 0
@@ -364,14 +364,16 @@ class HttpTarget(Target):
             transport=_Transport(tls, limits),
         )
 
+    counts_sent = True
+
     def __repr__(self) -> str:
         return (
-            f"HttpTarget({self.url!r}, {self.protocol.name}, output={self.adapter.output!r}, "
+            f"HttpTarget({self.url!r}, {self.protocol.name}, returns={self.adapter.kind!r}, "
             f"max_batch_size={self.max_batch_size}, concurrency={self.concurrency}, retries={self.retries})"
         )
 
     def describe(self) -> str:
-        return f"{self.protocol.name} {self.url.rstrip('/')}{self.protocol.path()} ({self.adapter.output})"
+        return f"{self.protocol.name} {self.url.rstrip('/')}{self.protocol.path()} ({self.adapter.kind})"
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -389,10 +391,6 @@ class HttpTarget(Target):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        # Not the base class's count of len(x): every input actually sent is counted in _post.
-        return self._predict(np.ascontiguousarray(x, dtype=np.float32))
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         chunks = [x[i : i + self.max_batch_size] for i in range(0, len(x), self.max_batch_size)]
@@ -426,11 +424,9 @@ class HttpTarget(Target):
         return self.adapter(self.protocol.decode(body, len(x)))
 
     def _reserve(self, n: int) -> None:
-        """Count ``n`` inputs about to be sent, or refuse if that would exceed ``max_queries``."""
+        """Count ``n`` inputs about to be sent (each attempt: the server sees retries too)."""
+        self.count(n)
         with self._lock:
-            if self.max_queries is not None and self.queries + n > self.max_queries:
-                raise TargetError(f"query budget of {self.max_queries} inputs exhausted", "budget")
-            self.queries += n
             self.requests += 1
 
     def _delay(self, attempt: int) -> float:

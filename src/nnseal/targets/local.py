@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from nnseal.errors import TargetError
-from nnseal.models.io import load_model, model_dtype
+from nnseal.models.inference import probabilities
+from nnseal.models.io import load_model
 from nnseal.targets.base import Target, softmax
 
 
@@ -31,18 +32,14 @@ class TorchTarget(Target):
         if config is not None:
             self.input_shape, self.num_classes = tuple(config.input_shape), config.num_classes
 
-    @torch.no_grad()
     def _predict(self, x: np.ndarray) -> np.ndarray:
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            xt = torch.from_numpy(x).to(model_dtype(self.model))
-            bs = self.batch_size or max(1, len(xt))
-            logits = torch.cat([self.model(xt[i : i + bs]) for i in range(0, len(xt), bs)])
+            return probabilities(self.model, x, batch_size=self.batch_size)
         finally:
             torch.set_num_threads(before)
-        return torch.softmax(logits.float(), dim=1).numpy()
 
     def describe(self) -> str:
         threads = self.threads or torch.get_num_threads()

@@ -24,8 +24,9 @@ import numpy as np
 from nnseal.errors import TargetError
 from nnseal.targets.base import Provides, softmax
 
-Output = Literal["probabilities", "logits", "labels", "label-names"]
-OUTPUTS: tuple[Output, ...] = ("probabilities", "logits", "labels", "label-names")
+AnswerKind = Literal["probabilities", "logits", "labels", "label-names"]
+"""What a server's answer rows are."""
+ANSWER_KINDS: tuple[AnswerKind, ...] = ("probabilities", "logits", "labels", "label-names")
 
 
 def _malformed(message: str, kind: str = "wrong-shape") -> TargetError:
@@ -117,7 +118,7 @@ class V2Protocol(Protocol):
         input_name: str = "input",
         output_name: str | None = None,
     ) -> None:
-        self.model, self.version, self.input_name, self.output_name = model, version, input_name, output_name
+        self.model, self.version, self.input_name, self.kind_name = model, version, input_name, output_name
 
     def path(self) -> str:
         return f"/v2/models/{quote(self.model, safe='')}{_version(self.version, '/versions/')}/infer"
@@ -138,14 +139,12 @@ class V2Protocol(Protocol):
         outputs = body.get("outputs") if isinstance(body, dict) else None
         if not isinstance(outputs, list) or not outputs or not all(isinstance(o, dict) for o in outputs):
             raise _malformed("V2 response has no 'outputs' list", "malformed-response")
-        if self.output_name is None:
+        if self.kind_name is None:
             out = outputs[0]
         else:
-            named = [o for o in outputs if o.get("name") == self.output_name]
+            named = [o for o in outputs if o.get("name") == self.kind_name]
             if not named:
-                raise _malformed(
-                    f"V2 response has no output named {self.output_name!r}", "malformed-response"
-                )
+                raise _malformed(f"V2 response has no output named {self.kind_name!r}", "malformed-response")
             out = named[0]
         shape, data = out.get("shape"), out.get("data")
         if (
@@ -229,7 +228,7 @@ class TFServingProtocol(Protocol):
     ) -> None:
         if layout not in ("nchw", "nhwc"):
             raise ValueError(f"layout must be nchw or nhwc, got {layout!r}")
-        self.model, self.version, self.layout, self.output_name = model, version, layout, output_name
+        self.model, self.version, self.layout, self.kind_name = model, version, layout, output_name
 
     def path(self) -> str:
         return f"/v1/models/{quote(self.model, safe='')}{_version(self.version, '/versions/')}:predict"
@@ -242,7 +241,7 @@ class TFServingProtocol(Protocol):
         if not isinstance(preds, list):
             raise _malformed("TF Serving response has no 'predictions' list", "malformed-response")
         if preds and all(isinstance(p, dict) for p in preds):
-            key = self.output_name or (next(iter(preds[0])) if len(preds[0]) == 1 else None)
+            key = self.kind_name or (next(iter(preds[0])) if len(preds[0]) == 1 else None)
             if key is None or not all(key in p for p in preds):
                 raise _malformed(
                     "TF Serving predictions have several outputs; name one", "malformed-response"
@@ -315,26 +314,26 @@ def _walk(node: Any, parts: list[str]) -> Any:
     return node
 
 
-class OutputAdapter:
+class AnswerAdapter:
     """Reads answer rows as ``output``: probabilities, logits (softmaxed here), ranked label indices,
     or ranked label names mapped to indices through ``class_names``."""
 
-    def __init__(self, output: Output = "probabilities", class_names: Sequence[str] | None = None) -> None:
-        if output not in OUTPUTS:
-            raise ValueError(f"unknown output {output!r}; expected one of {', '.join(OUTPUTS)}")
-        if output == "label-names" and not class_names:
-            raise ValueError("output label-names needs the class names (in class-index order)")
+    def __init__(self, kind: AnswerKind = "probabilities", class_names: Sequence[str] | None = None) -> None:
+        if kind not in ANSWER_KINDS:
+            raise ValueError(f"unknown answer kind {kind!r}; expected one of {', '.join(ANSWER_KINDS)}")
+        if kind == "label-names" and not class_names:
+            raise ValueError("answers as label-names need the class names (in class-index order)")
         if class_names is not None and len(set(class_names)) != len(class_names):
             raise ValueError("class names must be unique")
-        self.output = output
+        self.kind = kind
         self.index = {name: i for i, name in enumerate(class_names or ())}
 
     @property
     def provides(self) -> Provides:
-        return "probabilities" if self.output in ("probabilities", "logits") else "labels"
+        return "probabilities" if self.kind in ("probabilities", "logits") else "labels"
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        if self.output == "label-names":
+        if self.kind == "label-names":
             if rows.dtype.kind != "U":
                 raise _malformed("expected label names, got numbers", "unknown-label")
             unknown = sorted({str(v) for v in rows.ravel() if str(v) not in self.index})
@@ -342,13 +341,11 @@ class OutputAdapter:
                 raise _malformed(f"unknown label {unknown[0]!r} (not among the class names)", "unknown-label")
             return np.vectorize(self.index.__getitem__, otypes=[np.int64])(rows)
         if rows.dtype.kind not in "iuf":
-            raise _malformed(f"expected numbers for output {self.output}, got text", "malformed-response")
+            raise _malformed(f"expected numbers for output {self.kind}, got text", "malformed-response")
         a = rows.astype(np.float64)
         if not np.isfinite(a).all():
             raise _malformed("answer contains NaN or infinite values", "nan")
         with np.errstate(over="ignore"):  # beyond float32: infinite, which verify rejects
-            if self.output == "logits":
+            if self.kind == "logits":
                 return softmax(a).astype(np.float32)
-            return (
-                a.astype(np.float32) if self.output == "probabilities" else a
-            )  # verify rejects non-integers
+            return a.astype(np.float32) if self.kind == "probabilities" else a  # verify rejects non-integers

@@ -6,8 +6,8 @@ with decoys — natural inputs (test images, or the fingerprint's seeds) — sen
 requests with a randomized delay between them, and returns only the fingerprint's answers. Decoy
 answers are never compared; a failed decoy request is counted and ignored.
 
-Give ``verify`` a ``batch_size`` of at least the fingerprint's length, so the whole fingerprint is
-shuffled at once.
+Its ``preferred_batch`` is None, so :func:`nnseal.query.query` gives it the whole fingerprint at once
+and all of it is shuffled together.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class StealthTarget(Target):
     Example::
 
         target = StealthTarget(HttpTarget(url, V2Protocol("digits")), test.x, decoy_ratio=3, delay=0.5)
-        verdict = verify(fingerprint, target, batch_size=len(fingerprint))
+        verdict = verify(fingerprint, target)
     """
 
     def __init__(
@@ -59,14 +59,17 @@ class StealthTarget(Target):
         self._sleep = sleep
         self.decoys_sent = self.decoys_failed = 0
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        before = self.inner.queries
-        try:
-            return self._predict(np.ascontiguousarray(x, dtype=np.float32))
-        finally:
-            self.queries += self.inner.queries - before
+    preferred_batch = None
+    counts_sent = True  # what ``inner`` sent, decoys included
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
+        before = self.inner.queries
+        try:
+            return self._shuffled(x)
+        finally:
+            self.count(self.inner.queries - before)
+
+    def _shuffled(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1:] != self.decoys.shape[1:]:
             raise ValueError(f"decoys have shape {self.decoys.shape[1:]}, queries {x.shape[1:]}")
         n = len(x)

@@ -2,7 +2,7 @@
 
 MLServer lives in its own virtual environment (its pins clash with nnseal's): ``scripts/setup-mlserver.sh``
 creates ``.venv-mlserver`` at the repository root; ``NNSEAL_MLSERVER_VENV`` points elsewhere. The
-server runs the custom runtime in :mod:`nnseal._mlserver_runtime`, binds only to 127.0.0.1 on free
+server runs the custom runtime in ``mlserver_runtime.py`` beside this file, binds only to 127.0.0.1 on free
 ports, with parallel workers and its metrics server off, and logs to ``<workdir>/mlserver.log``.
 """
 
@@ -21,12 +21,12 @@ from pathlib import Path
 import httpx
 
 VENV_ENV = "NNSEAL_MLSERVER_VENV"
-_RUNTIME = Path(__file__).with_name("_mlserver_runtime.py")
+_RUNTIME = Path(__file__).with_name("mlserver_runtime.py")
 
 
 def mlserver_executable() -> Path | None:
     """The ``mlserver`` command of the MLServer venv, or None when it is not installed."""
-    venv = Path(os.environ.get(VENV_ENV) or Path(__file__).resolve().parents[2] / ".venv-mlserver")
+    venv = Path(os.environ.get(VENV_ENV) or Path(__file__).resolve().parents[1] / ".venv-mlserver")
     exe = venv / "bin" / "mlserver"
     return exe if exe.is_file() else None
 

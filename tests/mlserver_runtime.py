@@ -1,7 +1,7 @@
 """An MLServer custom runtime serving an ONNX classifier's logits through ONNX Runtime.
 
 Runs inside MLServer's own virtual environment (``.venv-mlserver``, made by
-``scripts/setup-mlserver.sh``), not nnseal's: :mod:`nnseal._mlserver` copies this file next to the
+``scripts/setup-mlserver.sh``), not nnseal's: ``mlserver_rig.py`` copies this file next to the
 model settings, and MLServer imports it as ``nnseal_runtime.OnnxClassifier``.
 """
 

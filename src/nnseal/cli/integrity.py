@@ -1,0 +1,243 @@
+"""Tamper detection commands: ``fingerprint``, ``verify``, ``watch``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from nnseal.cli.app import Interrupted, main
+from nnseal.cli.http import HttpConfig, http_options
+from nnseal.cli.options import (
+    LiveHelp,
+    emit,
+    json_option,
+    load_signed,
+    params_help,
+    params_option,
+    root_option,
+    signature_check,
+    signing,
+    signing_keys,
+)
+from nnseal.errors import NnsealError
+
+if TYPE_CHECKING:
+    from nnseal.fingerprint import Fingerprint
+    from nnseal.targets.base import Target
+    from nnseal.verification import IntegrityVerdict
+
+
+def _method_help() -> str:
+    from nnseal.methods import METHODS
+
+    def describe(m: Any) -> tuple[str, dict[str, Any]]:
+        first = " ".join((m.__doc__ or "").strip().split("\n\n")[0].split())
+        return first, m.own_defaults()
+
+    text = params_help(
+        "Make a fingerprint of MODEL with --method (set its parameters with -p).", METHODS, describe
+    )
+    return text.replace("Kinds:", "Methods:")
+
+
+_batch = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Most queries per call [default: the target's preferred].",
+)
+
+
+@main.command(cls=LiveHelp, live_help=_method_help, short_help="Make a fingerprint of a model.")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--method", default="sensitive-sample", show_default=True, help="Fingerprinting method.")
+@params_option
+@click.option("--data", "dataset", default="digits", show_default=True, help="Dataset the seeds come from.")
+@root_option
+@click.option("--split", default="test", show_default=True)
+@click.option("-n", "--n-queries", type=int, help="Queries in the fingerprint [default: the method's].")
+@click.option("--pool-size", type=int, help="Seeds candidates are made from [default: the method's].")
+@click.option("--specs", default="top1,top3,top1-p4", show_default=True, help="Output specs to support.")
+@click.option("--min-margin", type=float, help="Relative noise every answer must survive [default: 2e-5].")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Fingerprint file to write.")
+@signing
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@json_option
+def fingerprint(
+    model: Path,
+    method: str,
+    params: tuple[str, ...],
+    dataset: str,
+    root: Path | None,
+    split: str,
+    n_queries: int | None,
+    pool_size: int | None,
+    specs: str,
+    min_margin: float | None,
+    seed: int,
+    out: Path,
+    hmac_key_file: Path | None,
+    sign_key: Path | None,
+    no_sign: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    from nnseal._params import parse_pairs, typed_params
+    from nnseal.data import load_dataset
+    from nnseal.methods import METHODS
+    from nnseal.models import load_model
+
+    if method not in METHODS:
+        raise NnsealError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    cls = METHODS[method]
+    options = typed_params(parse_pairs(params), cls.own_defaults(), f"method {method}")
+    common = {"n_queries": n_queries, "pool_size": pool_size, "min_margin": min_margin}
+    options.update({k: v for k, v in common.items() if v is not None})
+    fingerprinter = cls(specs=specs.split(","), seed=seed, progress=not (quiet or as_json), **options)
+    keys = signing_keys(hmac_key_file, sign_key, no_sign)
+    m = load_model(model)
+    data = load_dataset(dataset, root, split)
+    fp = fingerprinter.fingerprint(m, data)
+    fp.save(out, hmac_key=keys.hmac_key, ed25519_key=keys.ed25519)
+    signed = keys.schemes
+    info = {
+        "fingerprint": str(out),
+        "method": fp.method,
+        "n_queries": len(fp),
+        "specs": fp.specs,
+        "model_id": fp.model_id,
+        "signed": signed,
+        "params": fp.params,
+    }
+    emit(
+        info,
+        as_json,
+        f"wrote {out}: {len(fp)} {method} queries, specs {', '.join(fp.specs)}, "
+        f"signed: {', '.join(signed) or 'no'}",
+    )
+
+
+def _verdict_text(verdict: IntegrityVerdict, fp: Fingerprint, target: Target) -> str:
+    text = (
+        f"{verdict.status.value.upper()}: {verdict.reason} (spec {verdict.spec}, "
+        f"{verdict.queries_used} queries)\n{fp.signature}"
+    )
+    if verdict.mismatches:
+        text += f"\nmismatching queries: {verdict.mismatches}"
+        text += "\n" + _different_model_hint(fp, target)
+    return text
+
+
+def _different_model_hint(fp: Fingerprint, target: Target) -> str:
+    """Tampered and *a different model altogether* look alike; say which model the fingerprint is of."""
+    from nnseal.models import model_id
+    from nnseal.targets.local import TorchTarget
+
+    hint = f"the fingerprint is of model {fp.model_id[:16]}"
+    if isinstance(target, TorchTarget):
+        hint += f"; the target is model {model_id(target.model)[:16]}"
+    return (
+        f"note: {hint}. Any other model differs too: if the target was never a copy of it (another "
+        "training run, the wrong file or endpoint), this is the wrong fingerprint, not proof of tampering."
+    )
+
+
+@main.command("verify")
+@click.argument("fingerprint_file", metavar="FINGERPRINT", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path), required=False)
+@click.option("--spec", help="Output spec to compare (default: the fingerprint's first).")
+@click.option("--budget", type=int, help="Most queries to send (fewer than the fingerprint → inconclusive).")
+@click.option("--stop-early", is_flag=True, help="Stop at the first mismatch (batches grow 1, 2, 4 …).")
+@_batch
+@signature_check
+@json_option
+@http_options
+def verify_cmd(
+    fingerprint_file: Path,
+    target: Path | None,
+    spec: str | None,
+    budget: int | None,
+    stop_early: bool,
+    batch_size: int | None,
+    hmac_key_file: Path | None,
+    public_keys: tuple[Path, ...],
+    allow_unsigned: bool,
+    as_json: bool,
+    http: HttpConfig,
+) -> None:
+    """Verify TARGET (an nnseal model file or an .onnx file), or the prediction API at --url,
+    against FINGERPRINT.
+
+    Exit code: 0 intact, 1 tampered, 3 inconclusive, 2 bad input.
+    """
+    from nnseal.verification import verify
+
+    fp = load_signed(fingerprint_file, hmac_key_file, public_keys, allow_unsigned)
+    tgt = http.open(fp, target)
+    try:
+        verdict = verify(
+            fp, tgt, spec, budget=budget, stop_at_first_mismatch=stop_early, batch_size=batch_size
+        )
+    finally:
+        tgt.close()
+    emit(verdict.to_dict(), as_json, _verdict_text(verdict, fp, tgt))
+    sys.exit(verdict.exit_code)
+
+
+@main.command()
+@click.argument("fingerprint_file", metavar="FINGERPRINT", type=click.Path(path_type=Path))
+@click.option("--interval", default=60.0, show_default=True, help="Seconds from one run's start to the next.")
+@click.option("--max-runs", type=int, help="Stop after this many runs (default: run until tampered).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option("--spec", help="Output spec to compare (default: the fingerprint's first).")
+@click.option("--budget", type=int, help="Most fingerprint queries per run (fewer → inconclusive).")
+@_batch
+@signature_check
+@http_options
+def watch(
+    fingerprint_file: Path,
+    interval: float,
+    max_runs: int | None,
+    metrics_port: int | None,
+    spec: str | None,
+    budget: int | None,
+    batch_size: int | None,
+    hmac_key_file: Path | None,
+    public_keys: tuple[Path, ...],
+    allow_unsigned: bool,
+    http: HttpConfig,
+) -> None:
+    """Verify the prediction API at --url against FINGERPRINT every --interval seconds.
+
+    Prints one JSON line per run. Exit code: 1 at the first tampered verdict; after --max-runs,
+    3 if any run was inconclusive, else 0; 2 bad input.
+    """
+    from nnseal.watch import WatchMetrics
+    from nnseal.watch import watch as run_watch
+
+    if not http.url:
+        raise NnsealError("watch needs --url")
+    fp = load_signed(fingerprint_file, hmac_key_file, public_keys, allow_unsigned)
+    make = http.target_factory(fp)
+    metrics = WatchMetrics(metrics_port) if metrics_port is not None else None
+    statuses: list[str] = []
+    try:
+        for record in run_watch(
+            fp, make, spec, interval=interval, max_runs=max_runs, metrics=metrics, budget=budget,
+            batch_size=batch_size,
+        ):  # fmt: skip
+            click.echo(json.dumps(record))
+            statuses.append(record["status"])
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        counts = ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses))) or "none finished"
+        raise Interrupted(signum, f"watch stopped after {len(statuses)} runs ({counts})") from None
+    finally:
+        if metrics is not None:
+            metrics.close()
+    sys.exit(1 if "tampered" in statuses else 3 if "inconclusive" in statuses else 0)
