@@ -266,6 +266,10 @@ def test_train_command(tmp_path) -> None:
     assert info["test_accuracy"] > 0.5 and len(info["model_id"]) == 64
     r = CliRunner().invoke(main, ["train", "--data", "mnist", "--out", str(tmp_path / "x.safetensors")])
     assert r.exit_code == 2 and "root" in r.stderr
+    r = CliRunner().invoke(
+        main, ["train", "--arch", "mlp", "--epochs", "1", "--out", str(tmp_path / "q.safetensors"), "--quiet"]
+    )
+    assert r.exit_code == 0 and r.stderr == "" and r.stdout.startswith("mlp on digits"), r.output
 
 
 def test_attack_command_chains_and_verifies(files) -> None:
@@ -312,3 +316,21 @@ def test_attack_help_lists_every_kind() -> None:
     assert r.exit_code == 0
     for name in ATTACKS:
         assert f"  {name}" in r.output
+
+
+def test_fingerprint_declares_serving_environments(files, tmp_path) -> None:
+    runner = CliRunner()
+    base = ["fingerprint", str(files["model"]), "--method", "natural", "-n", "5", "--pool-size", "60"]
+    r = runner.invoke(
+        main, [*base, "--serving", "cpu-fp32,gpu-tf32", "--out", str(tmp_path / "tf32.nnseal"), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["serving"] == ["cpu-fp32", "gpu-tf32"]
+    v = CliRunner().invoke(main, ["verify", str(tmp_path / "tf32.nnseal"), str(files["onnx"]), "--json"])
+    assert v.exit_code == 0 and json.loads(v.stdout)["serving"] == ["cpu-fp32", "gpu-tf32"], v.output
+    r = runner.invoke(
+        main, [*base, "--serving", "fp16", "--specs", "top1", "--out", str(tmp_path / "h.nnseal")]
+    )
+    assert r.exit_code == 0 and "warning:" in r.stderr and "will verify as intact" in r.stderr, r.output
+    r = runner.invoke(main, [*base, "--serving", "tpu-int4", "--out", str(tmp_path / "x.nnseal")])
+    assert r.exit_code == 2 and "tpu-int4" in r.stderr and "gpu-tf32" in r.stderr

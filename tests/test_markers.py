@@ -174,3 +174,12 @@ def test_cli_markers_fingerprint_and_verify(model, tmp_path) -> None:
     assert json.loads(r.stdout)["params"]["strategy"] == "flip-rate"
     r = runner.invoke(main, ["verify", str(tmp_path / "fp.nnseal"), str(tmp_path / "m.safetensors")])
     assert r.exit_code == 0, r.output
+
+
+def test_marker_generation_shows_its_progress(model, digits, capsys) -> None:
+    """Marker fingerprints take tens of seconds; with progress on, each stage says what it does."""
+    MarkerGenerator("flip-rate", pgd_steps=2, iters=4).generate(model, digits[1].x[:6], progress=True)
+    err = capsys.readouterr().err
+    assert "markers (flip-rate)" in err and "simulated tamperings" in err
+    MarkerGenerator("flip-rate", pgd_steps=2, iters=4).generate(model, digits[1].x[:6])
+    assert capsys.readouterr().err == ""

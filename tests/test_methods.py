@@ -109,3 +109,16 @@ def test_unknown_or_mistyped_method_parameters_are_clear_errors(model, tmp_path)
             {"methods": [{"label": "x", "name": "nope"}], "attacks": [{"name": "a", "kind": "prune"}]}
         )
     assert not (tmp_path / "x.nnseal").exists()
+
+
+def test_white_box_methods_say_what_they_need(digits) -> None:
+    from torch import nn
+
+    from nnseal.errors import ModelError
+
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    for name, cls in METHODS.items():
+        if cls.white_box:
+            with pytest.raises(ModelError, match=f"method {name} needs an nnseal model"):
+                cls(n_queries=2, pool_size=4).pool(plain, digits[1])
+    assert not METHODS["natural"].white_box

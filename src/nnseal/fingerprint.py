@@ -101,6 +101,11 @@ class Fingerprint:
         self.specs = [str(s) for s in specs]
         self.serving = _check_serving(self.serving)
 
+    @property
+    def id(self) -> str:
+        """A content id (SHA-256 prefix of the queries): the same fingerprint however it is saved."""
+        return hashlib.sha256(np.ascontiguousarray(self.queries).tobytes()).hexdigest()[:32]
+
     def __len__(self) -> int:
         return len(self.queries)
 

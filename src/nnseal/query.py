@@ -74,8 +74,9 @@ class Answers:
     """What a target answered to a fingerprint's queries, in fingerprint order.
 
     ``values`` holds one validated row per query (probabilities, or ranked labels, as ``provides``
-    says) where ``answered`` is true; other rows are NaN. ``asked`` queries were sent (the first
-    ones, in order); ``failed`` got no valid answer, counted by cause in ``problems``.
+    says) where ``answered`` is true; other rows are NaN. ``asked`` of the ``planned`` queries were
+    sent, ``limit`` could be under the budget; ``failed`` got no valid answer, counted by cause in
+    ``problems``.
     """
 
     provides: Provides
@@ -83,16 +84,14 @@ class Answers:
     answered: np.ndarray
     asked: int = 0
     limit: int = 0
+    planned: int = 0
+    """Queries this run means to send: the whole fingerprint, or the indices drawn for it."""
     failed: list[int] = field(default_factory=list)
     problems: dict[str, int] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     queries_used: int = 0
     target: str = ""
     target_stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return len(self.answered)
 
     @property
     def n_answered(self) -> int:
@@ -124,10 +123,12 @@ def query(
     batch_size: int | None = None,
     next_batch: NextBatch | None = None,
     need_labels: int = 1,
+    indices: np.ndarray | None = None,
     progress: bool = False,
     desc: str = "query",
 ) -> Answers:
-    """Send the first ``min(len(fingerprint), budget)`` queries to ``target`` and collect the answers.
+    """Send the first ``min(len(indices), budget)`` of the fingerprint's queries ``indices`` (default:
+    all, in order) to ``target`` and collect the answers.
 
     Args:
         budget: most queries to send (None: all of them).
@@ -136,6 +137,8 @@ def query(
         next_batch: lets a decision stop early or send fewer per batch (see :data:`NextBatch`).
         need_labels: ranked labels per answer the decision compares (labels-only targets); an
             answer with fewer is invalid.
+        indices: which queries this run sends, in this order (one-time queries:
+            :class:`nnseal.ledger.Ledger` draws them).
     """
     check_target(fingerprint, target)
     if budget is not None and budget < 0:
@@ -143,10 +146,19 @@ def query(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n, n_classes = len(fingerprint), fingerprint.probabilities.shape[1]
-    limit = n if budget is None else min(n, budget)
+    order = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+    if (
+        order.ndim != 1
+        or (len(order) and (order.min() < 0 or order.max() >= n))
+        or len(set(order)) != len(order)
+    ):
+        raise ValueError(f"indices must be distinct query positions in 0..{n - 1}")
+    limit = len(order) if budget is None else min(len(order), budget)
     batch = batch_size or target.preferred_batch or max(limit, 1)
     width = n_classes if target.provides == "probabilities" else need_labels
-    out = Answers(target.provides, np.full((n, width), np.nan), np.zeros(n, bool), limit=limit)
+    out = Answers(
+        target.provides, np.full((n, width), np.nan), np.zeros(n, bool), limit=limit, planned=len(order)
+    )
     start = target.queries
     with tqdm(total=limit, desc=desc, disable=not progress, leave=False) as bar:
         while out.asked < limit:
@@ -155,7 +167,7 @@ def query(
                 size = min(size, next_batch(out, size))
                 if size <= 0:
                     break
-            idx = np.arange(out.asked, out.asked + size)
+            idx = order[out.asked : out.asked + size]
             out.asked += size
             bar.update(size)
             try:
@@ -207,6 +219,8 @@ class Verdict:
     target_stats: dict[str, Any] = field(default_factory=dict)
     """What the target reports about its traffic (requests, retries, decoys …; see ``Target.stats``)."""
     signature: dict[str, Any] = field(default_factory=dict)
+    serving: list[str] = field(default_factory=list)
+    """The serving environments the file's answers were made to survive (:mod:`nnseal.numerics`)."""
 
     @property
     def exit_code(self) -> int:
@@ -223,11 +237,12 @@ def evidence(fingerprint: Fingerprint, answers: Answers) -> dict[str, Any]:
     return {
         "model_id": fingerprint.model_id,
         "target": answers.target,
-        "queries_total": answers.total,
+        "queries_total": answers.planned,
         "queries_used": answers.queries_used,
         "answered": answers.n_answered,
         "failed": list(answers.failed),
         "problems": dict(answers.problems),
         "target_stats": answers.target_stats,
         "signature": fingerprint.signature.to_dict(),
+        "serving": list(fingerprint.serving),
     }

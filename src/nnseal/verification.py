@@ -40,6 +40,8 @@ class IntegrityVerdict(Verdict):
     status: Status
     spec: str
     mismatches: list[int] = field(default_factory=list)
+    fresh_remaining: int | None = None
+    """One-time queries (:class:`nnseal.ledger.Ledger`): how many were never sent, after this run."""
 
 
 def _mismatches(fp: Fingerprint, answers: Answers, spec: OutputSpec, expected: np.ndarray) -> list[int]:
@@ -55,6 +57,7 @@ def verify(
     budget: int | None = None,
     stop_at_first_mismatch: bool = False,
     batch_size: int | None = None,
+    indices: np.ndarray | None = None,
     progress: bool = False,
 ) -> IntegrityVerdict:
     """Query ``target`` with the fingerprint and compare answers under ``spec``.
@@ -65,6 +68,8 @@ def verify(
         stop_at_first_mismatch: stop once a mismatch proves tampering. Batches then grow 1, 2, 4 …
             up to ``batch_size``, so even a short fingerprint stops after the first mismatching one.
         batch_size: most queries per ``predict`` call (default: the target's preferred size).
+        indices: send only these queries (one-time queries drawn by :class:`nnseal.ledger.Ledger`);
+            *intact* then means every one of them matched.
     """
     spec = OutputSpec.parse(spec or fingerprint.specs[0])
     expected = fingerprint.expected(spec)
@@ -83,11 +88,12 @@ def verify(
         batch_size=batch_size,
         next_batch=next_batch if stop_at_first_mismatch else None,
         need_labels=spec.k,
+        indices=indices,
         progress=progress,
         desc="verify",
     )
     mismatches = _mismatches(fingerprint, answers, spec, expected)
-    n, answered = len(fingerprint), answers.n_answered
+    n, answered = answers.planned, answers.n_answered
     if mismatches:
         status, reason = (
             Status.TAMPERED,

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nnseal.fingerprint import Fingerprint
+from nnseal.ledger import Ledger
 from nnseal.targets.base import Target
 from nnseal.verification import IntegrityVerdict, Status, verify
 
@@ -81,12 +82,17 @@ def watch(
     max_runs: int | None = None,
     metrics: WatchMetrics | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    one_time: int | None = None,
+    ledger: Ledger | None = None,
+    reuse: bool = False,
     **verify_kwargs: Any,
 ) -> Iterator[dict[str, Any]]:
     """Yield ``{"run", "time", "duration_s", **verdict}`` per verification, ``interval`` seconds
     apart (start to start); stop after a *tampered* verdict or ``max_runs`` runs.
 
     ``make_target`` builds a fresh target per run, so each run's query count and budget stand alone.
+    With ``one_time``, each run sends that many queries never sent before (``ledger``, default the
+    key folder's); watching stops with an error when too few fresh ones remain, unless ``reuse``.
     ``verify_kwargs`` go to :func:`~nnseal.verification.verify` (budget, batch_size …).
     """
     if interval < 0:
@@ -97,11 +103,17 @@ def watch(
     while max_runs is None or run < max_runs:
         run += 1
         start = time.monotonic()
+        indices = None
+        if one_time is not None:
+            ledger = ledger or Ledger()
+            indices = ledger.draw(fingerprint, one_time, reuse=reuse)
         target = make_target()
         try:
-            verdict = verify(fingerprint, target, spec, **verify_kwargs)
+            verdict = verify(fingerprint, target, spec, indices=indices, **verify_kwargs)
         finally:
             target.close()
+        if ledger is not None:
+            verdict.fresh_remaining = ledger.remaining(fingerprint)
         seconds = time.monotonic() - start
         if metrics is not None:
             metrics.record(verdict, seconds)

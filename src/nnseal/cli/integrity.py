@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,17 @@ _batch = click.option(
 )
 
 
+_one_time = click.option(
+    "--one-time",
+    type=click.IntRange(min=1),
+    help="Send N queries never sent before (recorded in the key folder's ledger), so a server "
+    "replaying recorded answers cannot pass; needs a fingerprint with a larger pool (-n).",
+)
+_reuse = click.option(
+    "--reuse", is_flag=True, help="With --one-time: reuse sent queries when too few are fresh."
+)
+
+
 @main.command(cls=LiveHelp, live_help=_method_help, short_help="Make a fingerprint of a model.")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--method", default="sensitive-sample", show_default=True, help="Fingerprinting method.")
@@ -63,6 +75,14 @@ _batch = click.option(
 @click.option("--pool-size", type=int, help="Seeds candidates are made from [default: the method's].")
 @click.option("--specs", default="top1,top3,top1-p4", show_default=True, help="Output specs to support.")
 @click.option("--min-margin", type=float, help="Relative noise every answer must survive [default: 2e-5].")
+@click.option(
+    "--serving",
+    default="cpu-fp32",
+    show_default=True,
+    help="Where the deployed copy may legitimately run (comma-separated: cpu-fp32, onnxruntime, gpu-fp32, "
+    "gpu-tf32, bf16, fp16); answers must survive each. Declaring bf16/fp16 makes a cast to it undetectable.",
+)
+@click.option("--noise-factor", type=float, help="Margin ≥ this × the noise measured per query [default: 4].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fingerprint file to write.")
 @signing
@@ -79,6 +99,8 @@ def fingerprint(
     pool_size: int | None,
     specs: str,
     min_margin: float | None,
+    serving: str,
+    noise_factor: float | None,
     seed: int,
     out: Path,
     hmac_key_file: Path | None,
@@ -91,14 +113,26 @@ def fingerprint(
     from nnseal.data import load_dataset
     from nnseal.methods import METHODS
     from nnseal.models import load_model
+    from nnseal.numerics import ServingWarning
 
     if method not in METHODS:
         raise NnsealError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
     cls = METHODS[method]
     options = typed_params(parse_pairs(params), cls.own_defaults(), f"method {method}")
-    common = {"n_queries": n_queries, "pool_size": pool_size, "min_margin": min_margin}
+    common = {
+        "n_queries": n_queries,
+        "pool_size": pool_size,
+        "min_margin": min_margin,
+        "noise_factor": noise_factor,
+    }
     options.update({k: v for k, v in common.items() if v is not None})
-    fingerprinter = cls(specs=specs.split(","), seed=seed, progress=not (quiet or as_json), **options)
+    with warnings.catch_warnings(record=True) as caught:  # the bf16/fp16 trade-off, said plainly
+        warnings.simplefilter("always", ServingWarning)
+        fingerprinter = cls(
+            specs=specs.split(","), serving=serving, seed=seed, progress=not (quiet or as_json), **options
+        )
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
     keys = signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
     data = load_dataset(dataset, root, split)
@@ -110,6 +144,7 @@ def fingerprint(
         "method": fp.method,
         "n_queries": len(fp),
         "specs": fp.specs,
+        "serving": fp.serving,
         "model_id": fp.model_id,
         "signed": signed,
         "params": fp.params,
@@ -118,15 +153,18 @@ def fingerprint(
         info,
         as_json,
         f"wrote {out}: {len(fp)} {method} queries, specs {', '.join(fp.specs)}, "
-        f"signed: {', '.join(signed) or 'no'}",
+        f"serving {', '.join(fp.serving)}, signed: {', '.join(signed) or 'no'}",
     )
 
 
 def _verdict_text(verdict: IntegrityVerdict, fp: Fingerprint, target: Target) -> str:
     text = (
         f"{verdict.status.value.upper()}: {verdict.reason} (spec {verdict.spec}, "
-        f"{verdict.queries_used} queries)\n{fp.signature}"
+        f"{verdict.queries_used} queries)\n{fp.signature}; answers checked for serving on "
+        f"{', '.join(fp.serving)}"
     )
+    if verdict.fresh_remaining is not None:
+        text += f"\none-time queries: {verdict.fresh_remaining} of {len(fp)} never sent remain"
     if verdict.mismatches:
         text += f"\nmismatching queries: {verdict.mismatches}"
         text += "\n" + _different_model_hint(fp, target)
@@ -154,6 +192,8 @@ def _different_model_hint(fp: Fingerprint, target: Target) -> str:
 @click.option("--budget", type=int, help="Most queries to send (fewer than the fingerprint → inconclusive).")
 @click.option("--stop-early", is_flag=True, help="Stop at the first mismatch (batches grow 1, 2, 4 …).")
 @_batch
+@_one_time
+@_reuse
 @signature_check
 @json_option
 @http_options
@@ -164,6 +204,8 @@ def verify_cmd(
     budget: int | None,
     stop_early: bool,
     batch_size: int | None,
+    one_time: int | None,
+    reuse: bool,
     hmac_key_file: Path | None,
     public_keys: tuple[Path, ...],
     allow_unsigned: bool,
@@ -175,16 +217,24 @@ def verify_cmd(
 
     Exit code: 0 intact, 1 tampered, 3 inconclusive, 2 bad input.
     """
+    from nnseal.ledger import Ledger
     from nnseal.verification import verify
 
     fp = load_signed(fingerprint_file, hmac_key_file, public_keys, allow_unsigned)
+    if reuse and one_time is None:
+        raise NnsealError("--reuse goes with --one-time")
+    ledger = Ledger() if one_time is not None else None
+    indices = ledger.draw(fp, one_time, reuse=reuse) if ledger is not None and one_time else None
     tgt = http.open(fp, target)
     try:
         verdict = verify(
-            fp, tgt, spec, budget=budget, stop_at_first_mismatch=stop_early, batch_size=batch_size
-        )
+            fp, tgt, spec, budget=budget, stop_at_first_mismatch=stop_early, batch_size=batch_size,
+            indices=indices,
+        )  # fmt: skip
     finally:
         tgt.close()
+    if ledger is not None:
+        verdict.fresh_remaining = ledger.remaining(fp)
     emit(verdict.to_dict(), as_json, _verdict_text(verdict, fp, tgt))
     sys.exit(verdict.exit_code)
 
@@ -197,6 +247,8 @@ def verify_cmd(
 @click.option("--spec", help="Output spec to compare (default: the fingerprint's first).")
 @click.option("--budget", type=int, help="Most fingerprint queries per run (fewer → inconclusive).")
 @_batch
+@_one_time
+@_reuse
 @signature_check
 @http_options
 def watch(
@@ -207,6 +259,8 @@ def watch(
     spec: str | None,
     budget: int | None,
     batch_size: int | None,
+    one_time: int | None,
+    reuse: bool,
     hmac_key_file: Path | None,
     public_keys: tuple[Path, ...],
     allow_unsigned: bool,
@@ -229,7 +283,7 @@ def watch(
     try:
         for record in run_watch(
             fp, make, spec, interval=interval, max_runs=max_runs, metrics=metrics, budget=budget,
-            batch_size=batch_size,
+            batch_size=batch_size, one_time=one_time, reuse=reuse,
         ):  # fmt: skip
             click.echo(json.dumps(record))
             statuses.append(record["status"])

@@ -30,9 +30,9 @@ from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods.manc import manc_select
 from nnseal.models.architectures import check_data
+from nnseal.models.inference import probabilities, white_box
 from nnseal.models.io import model_id
 from nnseal.outputs import OutputSpec
-from nnseal.targets.local import TorchTarget
 
 if TYPE_CHECKING:
     from nnseal.data import Dataset
@@ -93,6 +93,9 @@ class Method(ABC):
 
     name: ClassVar[str]
     always_measures: ClassVar[bool] = False
+    white_box: ClassVar[bool] = True
+    """Whether the method looks inside the model (gradients, ``head``, ``penultimate``: the
+    :class:`~nnseal.models.inference.WhiteBox` contract); False for methods that only need answers."""
     """Measure the declared environments' noise even when only cpu-fp32 is declared (methods whose
     candidates sit near a frontier on purpose)."""
 
@@ -203,6 +206,8 @@ class Method(ABC):
 
     def pool(self, model: nn.Module, data: Dataset, rng: np.random.Generator | None = None) -> Pool:
         """Candidates that clear the margin: what :meth:`select` picks from (and the evaluation)."""
+        if self.white_box:
+            white_box(model, f"method {self.name}")
         check_data(model, data.input_shape, len(data.classes))
         rng = np.random.default_rng(self.seed) if rng is None else rng
         return self.stable(model, self.candidates(model.eval(), data, rng))
@@ -260,7 +265,7 @@ class Method(ABC):
 
 def answers(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """The model's probabilities on ``x``, computed as every method records them."""
-    return TorchTarget(model).predict(x)
+    return probabilities(model, x)
 
 
 def names(value: Sequence[str] | str | None) -> list[str] | None:

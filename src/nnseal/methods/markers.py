@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from nnseal.errors import NnsealError
 from nnseal.methods.base import Method, Pool, answers
@@ -164,10 +165,13 @@ def default_perturbations(
     return gauss + [Perturbation("round", bits=b) for b in bits]
 
 
-def flip_matrix(model: nn.Module, x: np.ndarray, perturbations: Sequence[Perturbation]) -> np.ndarray:
+def flip_matrix(
+    model: nn.Module, x: np.ndarray, perturbations: Sequence[Perturbation], progress: bool = False
+) -> np.ndarray:
     """(len(x), len(perturbations)) booleans: does the perturbed model change x's top-1 label?"""
     base = answers(model, x).argmax(1)
-    return np.stack([answers(p.apply(model), x).argmax(1) != base for p in perturbations], axis=1)
+    bar = tqdm(perturbations, desc="markers: simulated tamperings", disable=not progress, leave=False)
+    return np.stack([answers(p.apply(model), x).argmax(1) != base for p in bar], axis=1)
 
 
 @dataclass
@@ -235,12 +239,17 @@ class MarkerGenerator:
             "seed": self.seed,
         }
 
-    def generate(self, model: nn.Module, seeds: np.ndarray) -> Markers:
+    def generate(self, model: nn.Module, seeds: np.ndarray, progress: bool = False) -> Markers:
         """Candidates from ``seeds`` (natural inputs); seeds with no frontier in reach are dropped."""
         model = model.eval()
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
         if self.strategy == "natural":
             return Markers(seeds, seeds, np.arange(len(seeds)))
+        stages = tqdm(total=4, desc=f"markers ({self.strategy})", disable=not progress, leave=False)
+        with stages:
+            return self._generate(model, seeds, stages, progress)
+
+    def _generate(self, model: nn.Module, seeds: np.ndarray, stages: tqdm, progress: bool) -> Markers:
         if self.strategy == "bisection":
             labels_of = target_labels(TorchTarget(model))
             rng = np.random.default_rng(self.seed)
@@ -249,21 +258,29 @@ class MarkerGenerator:
             return Markers(x[ok], seeds[ok], np.flatnonzero(ok))
         start = seeds
         if self.strategy == "hybrid":
+            stages.set_postfix_str("sensitive samples")
             start = (
-                SensitiveSampleGenerator(epsilon=self.ss_epsilon, steps=self.ss_steps)
+                SensitiveSampleGenerator(epsilon=self.ss_epsilon, steps=self.ss_steps, progress=progress)
                 .generate(model, seeds)
                 .x
             )
+        stages.update()
+        stages.set_postfix_str("PGD")
         adversarial = pgd(model, start, epsilon=self.epsilon, steps=self.pgd_steps, seed=self.seed)
+        stages.update()
+        stages.set_postfix_str("bisection to the margin")
         x, ok = bisect_margin(model, start, adversarial, self.target_margin, self.iters)
+        stages.update()
         markers = Markers(x[ok], seeds[ok], np.flatnonzero(ok))
         if self.strategy == "flip-rate":
-            markers.flips = flip_matrix(model, markers.x, self.perturbations)
+            stages.set_postfix_str("flip rates")
+            markers.flips = flip_matrix(model, markers.x, self.perturbations, progress)
+        stages.update()
         return markers
 
 
 class MarkerFingerprinter(Method):
-    """A fingerprint of ``n_queries`` boundary markers for :func:`nnseal.verify.verify`.
+    """A fingerprint of ``n_queries`` boundary markers for :func:`nnseal.verification.verify`.
 
     Args:
         strategy, epsilon, pgd_steps, target_margin, iters, backoff, ss_steps, ss_epsilon: see
@@ -313,7 +330,7 @@ class MarkerFingerprinter(Method):
 
     def candidates(self, model: nn.Module, data: Dataset, rng: np.random.Generator) -> Pool:
         idx = self.draw_seeds(data, rng)
-        markers = self.generator.generate(model, data.x[idx])
+        markers = self.generator.generate(model, data.x[idx], progress=self.progress)
         if len(markers.x) == 0:
             raise NnsealError("no marker candidate reached a decision frontier; raise epsilon or pool_size")
         probs = answers(model, markers.x)

@@ -18,6 +18,7 @@ class NaturalInputs(Method):
     """``n_queries`` inputs drawn at random from the data, kept only if their answers clear the margin."""
 
     name = "natural"
+    white_box = False
 
     def own_params(self) -> dict[str, Any]:
         return {}
