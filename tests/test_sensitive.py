@@ -5,21 +5,25 @@ import copy
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from nnseal.methods import sensitive as mod
 from nnseal.methods.sensitive import (
     SensitiveSampleGenerator,
     project,
     resolve_params,
     sensitivity,
+    sensitivity_plan,
     sensitivity_reference,
 )
+from nnseal.models.architectures import ModelConfig, build_model
 
 ANY_LAYER = ["features.3.weight", "features.7.weight", "head.weight"]
 
 
-@pytest.mark.parametrize("output", ["probs", "logits"])
+@pytest.mark.parametrize("of", ["probs", "logits"])
 @pytest.mark.parametrize("params", [None, ["head.weight"], ANY_LAYER])
-def test_sensitivity_and_gradient_equal_algorithm_1_as_written(model, digits, params, output) -> None:
+def test_sensitivity_and_gradient_equal_algorithm_1_as_written(model, digits, params, of) -> None:
     """The closed-form last-layer path and the torch.func path compute the paper's S(x) and ∂S/∂x.
 
     Compared in float64 so that the reference's own float32 rounding doesn't blur the check.
@@ -27,13 +31,13 @@ def test_sensitivity_and_gradient_equal_algorithm_1_as_written(model, digits, pa
     model64 = copy.deepcopy(model).double()
     x = torch.from_numpy(digits[1].x[:4]).double()
     names = resolve_params(model64, params)
-    s, grad_log = SensitiveSampleGenerator(params=params, output=output)._value_and_grad(model64, x, names)
+    s, grad_log = SensitiveSampleGenerator(params=params, of=of)._value_and_grad(model64, x, names)
     for i in range(len(x)):
-        s_ref, g_ref = sensitivity_reference(model64, x[i], params, output)
+        s_ref, g_ref = sensitivity_reference(model64, x[i], params, of)
         assert s[i].item() == pytest.approx(s_ref.item(), rel=1e-9)
         torch.testing.assert_close(grad_log[i], g_ref / s_ref, rtol=1e-6, atol=1e-9)
     # the public float32 helper agrees to float32 precision
-    np.testing.assert_allclose(sensitivity(model, x.float(), params, output), s.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(sensitivity(model, x.float(), params, of), s.numpy(), rtol=1e-3)
 
 
 def test_softmax_jacobian_is_stable_when_confident() -> None:
@@ -88,7 +92,7 @@ def test_any_layer_generation_increases_sensitivity(model, digits) -> None:
     [
         ({"epsilon": 0}, "epsilon"),
         ({"norm": "l1"}, "norm"),
-        ({"output": "softmax"}, "output"),
+        ({"of": "softmax"}, "of must be"),
         ({"lr": -1}, "lr"),
         ({"bounds": (1.0, 0.0)}, "bounds"),
     ],
@@ -108,9 +112,136 @@ def test_bad_seeds_and_params(model) -> None:
 
 
 def test_any_layer_path_is_chunked_without_changing_results(model, digits) -> None:
-    from nnseal.methods import sensitive as mod
-
-    x = digits[1].x[: 2 * mod.FUNCTIONAL_CHUNK + 3]
+    x = digits[1].x[:35]
     whole = sensitivity(model, x, ANY_LAYER, batch_size=len(x))
     pieces = np.concatenate([sensitivity(model, x[i : i + 5], ANY_LAYER) for i in range(0, len(x), 5)])
     np.testing.assert_allclose(whole, pieces, rtol=1e-5)
+
+
+def _assert_equals_algorithm_1(
+    model64: nn.Module, x: torch.Tensor, params: list[str] | None, of: str
+) -> None:
+    """S and ∂S/∂x of the default path equal Algorithm 1 as written to 1e-9 relative (float64)."""
+    s, g = mod._sensitivity_and_grad(model64, x, resolve_params(model64, params), of)  # type: ignore[arg-type]
+    assert g is not None
+    for i in range(len(x)):
+        s_ref, g_ref = sensitivity_reference(model64, x[i], params, of)  # type: ignore[arg-type]
+        assert s[i].item() == pytest.approx(s_ref.item(), rel=1e-9)
+        assert (g[i] - g_ref).abs().max().item() <= 1e-9 * g_ref.abs().max().item()
+
+
+def _model64(arch: str, shape: tuple[int, int, int], seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = build_model(ModelConfig(arch, shape, tuple("0123456789"), hidden=(32, 16) if arch == "mlp" else ()))
+    for bn in m.modules():  # non-trivial running statistics, so eval batch norm is a real affine map
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.2, 0.2)
+    return m.double().eval()
+
+
+LENET_SETS = {
+    "last layer": ["head.weight", "head.bias"],
+    "one conv": ["features.3.weight", "features.3.bias"],
+    "first conv": ["features.0.weight"],
+    "hidden FC + head": ["features.7.weight", "features.7.bias", "head.weight"],
+    "all": None,
+}
+
+
+@pytest.mark.parametrize("of", ["probs", "logits"])
+@pytest.mark.parametrize("which", list(LENET_SETS))
+def test_factored_path_equals_algorithm_1_on_trained_lenet(model, digits, which, of) -> None:
+    model64 = copy.deepcopy(model).double()
+    params = LENET_SETS[which] or [n for n, _ in model64.named_parameters()]
+    x = torch.from_numpy(digits[1].x[:3]).double()
+    expected = "last layer" if which == "last layer" else "factored"
+    assert set(sensitivity_plan(model64, x, params).values()) == {expected}
+    _assert_equals_algorithm_1(model64, x, params, of)
+    if which == "last layer":  # the factored path itself, on the head (not a WhiteBox here)
+        wrapped = nn.Sequential(model64)
+        _assert_equals_algorithm_1(wrapped, x, ["0.head.weight", "0.head.bias"], of)
+
+
+@pytest.mark.parametrize("of", ["probs", "logits"])
+@pytest.mark.parametrize(
+    ("arch", "shape", "params"),
+    [
+        ("mlp", (1, 8, 8), "all"),
+        ("mlp", (1, 8, 8), ["features.1.weight", "features.1.bias"]),
+        ("vgg", (3, 8, 8), "all"),
+    ],
+)
+def test_factored_path_equals_algorithm_1_on_mlp_and_vgg(arch, shape, params, of) -> None:
+    """VGG covers batch norm (eval) weights and biases, and both ways of a conv layer's Gram step
+    (direct at 8×8, through the input Gram matrix at 2×2)."""
+    model64 = _model64(arch, shape)
+    params = [n for n, _ in model64.named_parameters()] if params == "all" else params
+    x = torch.rand(
+        1 if arch == "vgg" else 2, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    assert set(sensitivity_plan(model64, x, params).values()) == {"factored"}
+    _assert_equals_algorithm_1(model64, x, params, of)
+
+
+class _Odd(nn.Module):
+    """A model with layers the factored path does not take, beside ones it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.grouped = nn.Conv2d(4, 4, 3, groups=2)
+        self.fc = nn.Linear(4 * 6 * 6, 16)
+        self.tied = nn.Linear(16, 16)
+        self.norm = nn.LayerNorm(16)
+        self.twice = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.grouped(torch.relu(self.conv(x))))
+        h = torch.tanh(self.fc(h.flatten(1)))
+        h = self.norm(torch.relu(self.tied(h)))
+        h = torch.relu(self.twice(torch.relu(self.twice(h))))
+        return self.head(h)
+
+
+def test_unsupported_layers_fall_back_to_per_sample_backprop_and_stay_exact() -> None:
+    torch.manual_seed(0)
+    model64 = _Odd().double().eval()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    params = [n for n, _ in model64.named_parameters()]
+    plan = sensitivity_plan(model64, x, params)
+    assert plan["head.weight"] == plan["head.bias"] == "factored"
+    assert "not piecewise linear after the layer" in plan["conv.weight"]  # tanh and layer norm after it
+    assert "not piecewise linear" in plan["tied.weight"]
+    assert "groups" in plan["grouped.weight"]
+    assert "LayerNorm layers are not factored" in plan["norm.weight"]
+    assert "runs 2 times" in plan["twice.weight"]
+    for of in ("probs", "logits"):
+        _assert_equals_algorithm_1(model64, x, params, of)
+        _assert_equals_algorithm_1(model64, x, ["head.weight", "conv.weight"], of)  # mixed paths
+
+
+def test_shared_parameter_and_in_place_output_fall_back() -> None:
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 8), nn.Linear(8, 3)
+    shared = nn.Sequential(nn.Flatten(), a, nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), b).double()
+    shared[3].weight = a.weight
+    x = torch.rand(2, 1, 2, 4, dtype=torch.float64)
+    assert "shared" in sensitivity_plan(shared, x, ["1.weight"])["1.weight"]
+    in_place = nn.Sequential(nn.Flatten(), nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)).double()
+    assert "in place" in sensitivity_plan(in_place, x, ["1.weight"])["1.weight"]
+    for m, ps in ((shared, ["1.weight", "5.weight"]), (in_place, ["1.weight", "3.weight"])):
+        _assert_equals_algorithm_1(m, x, ps, "probs")
+
+
+def test_factored_path_is_chunked_without_changing_results(model, digits, monkeypatch) -> None:
+    x = torch.from_numpy(digits[1].x[:7])
+    names = resolve_params(model, ANY_LAYER)
+    whole, g_whole = mod._sensitivity_and_grad(model, x, names, "probs")
+    monkeypatch.setattr(mod, "FACTORED_CHUNK_ELEMENTS", 1)  # one sample per chunk
+    assert mod._plan(model, x, names).chunk == 1
+    pieces, g_pieces = mod._sensitivity_and_grad(model, x, names, "probs")
+    torch.testing.assert_close(whole, pieces, rtol=1e-5, atol=0)
+    torch.testing.assert_close(g_whole, g_pieces, rtol=1e-4, atol=1e-6 * g_whole.abs().max().item())
+    assert model.features[3].weight.requires_grad  # the probe restores requires_grad flags

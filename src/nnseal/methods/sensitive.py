@@ -12,7 +12,31 @@ Two ways to compute S and its gradient with respect to the input:
   ``z = W h + b`` and ``f = softmax(z)``, ``‖∂f_k/∂W‖²_F = ‖∂f_k/∂z‖²·‖h‖²``, and
   ``Σ_k ‖∂f_k/∂z‖² = ‖diag(p) − ppᵀ‖²_F`` has a closed form, so one forward and one backward
   pass give the exact gradient for the whole batch — the same cost as a plain input gradient.
-* **any parameters**: per-output Jacobians with ``torch.func`` (``vmap(grad(jacrev))``).
+* **any parameters, factored** (the default for every other W): per-output gradients factor
+  through each layer's input ``a`` and the back-propagated signal ``m_k = ∂z_k/∂y`` at its output
+  ``y`` (the per-example-gradient-norm trick of Goodfellow 2015, Opacus, BackPACK). For a linear
+  map ``y = a Wᵀ + b``, ``∂z_k/∂W = m_kᵀ a``, so ``⟨∂z_i/∂W, ∂z_j/∂W⟩ = ⟨m_i, m_j⟩‖a‖²``; a
+  ``Conv2d`` is the same over its unfolded input (im2col), computed directly or through the
+  input Gram matrix, whichever needs fewer operations; batch norm in eval mode is an affine map per
+  channel. With ``H`` the K×K Gram matrix of the per-logit gradients,
+  ``S = Σ_k ‖∂f_k/∂W‖² = ⟨JᵀJ, H⟩`` (J the softmax Jacobian; ``J = I`` for logits). Behind a
+  piecewise-linear network (ReLU, max / average pooling, linear layers, eval batch norm,
+  reshapes) the signals ``m_k`` are locally constant in x, exactly as Algorithm 1's double
+  backprop sees them (the derivative of a ReLU mask is zero), so ``∂S/∂x`` is one ordinary
+  backward pass through the forward graph and ``H``: one forward, K input-only backward passes
+  (batched over the samples), the Gram products and one backward per batch.
+* **any parameters, per sample** (fallback): Algorithm 1's double backprop, one sample at a
+  time, for the parameters the factored path cannot take, decided per parameter by one probe
+  forward on two samples: an owner other than ``nn.Linear``, ``nn.Conv2d`` (groups 1, zero padding, numeric
+  padding) and eval-mode ``BatchNorm`` with running statistics; a parameter shared or used more
+  than once; a layer called other than once per forward, or whose input or output is changed in
+  place; an operation after the layer that is not piecewise linear in the input (tanh, softmax,
+  layer norm, products of two input-dependent tensors …); a model whose samples interact or
+  whose output is not (N, K). S and ∂S/∂x are sums over parameters, so the two paths add up.
+  (The earlier any-layer path, per-output Jacobians with ``torch.func``, is kept as
+  ``_functional_sensitivity_and_grad`` for the benchmark only: it is slower, and under torch
+  2.13 its ∂S/∂x is wrong for a ``LayerNorm`` weight — torch.func's higher-order layer-norm
+  derivatives — while plain autograd's double backprop is right.)
 
 Example::
 
@@ -31,11 +55,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, jacrev, vmap
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from nnseal.models.architectures import Classifier
+from nnseal.models.inference import WhiteBox
 
-Output = Literal["probs", "logits"]
+SensitivityOf = Literal["probs", "logits"]
+"""What S differentiates: the softmax (the paper's f) or the logits."""
 Norm = Literal["linf", "l2"]
 LAST_LAYER = ("head.weight", "head.bias")
 
@@ -54,11 +80,11 @@ def _softmax_jacobian_sq(z: torch.Tensor) -> torch.Tensor:
 
 
 def _last_layer_sensitivity(
-    model: Classifier, x: torch.Tensor, names: set[str], output: Output
+    model: WhiteBox, x: torch.Tensor, names: set[str], of: SensitivityOf
 ) -> torch.Tensor:
     h = model.penultimate(x)
     z = model.head(h)
-    jac_sq = _softmax_jacobian_sq(z) if output == "probs" else torch.full_like(z[:, 0], z.shape[1]).double()
+    jac_sq = _softmax_jacobian_sq(z) if of == "probs" else torch.full_like(z[:, 0], z.shape[1]).double()
     scale = torch.zeros_like(jac_sq)
     if "head.weight" in names:
         scale = scale + h.double().pow(2).sum(1)
@@ -73,25 +99,26 @@ hidden layer), so chunks keep memory flat whatever the batch size."""
 
 
 def _functional_sensitivity_and_grad(
-    model: nn.Module, x: torch.Tensor, names: set[str], output: Output
+    model: nn.Module, x: torch.Tensor, names: set[str], of: SensitivityOf
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(S(x), ∂S/∂x) per sample for any parameter set, via per-output Jacobians, in chunks."""
+    """(S(x), ∂S/∂x) per sample for any parameter set, via per-output Jacobians (``torch.func``), in
+    chunks: the earlier any-layer path, kept for the benchmark (see the module docstring)."""
     parts = [
-        _functional_chunk(model, x[i : i + FUNCTIONAL_CHUNK], names, output)
+        _functional_chunk(model, x[i : i + FUNCTIONAL_CHUNK], names, of)
         for i in range(0, len(x), FUNCTIONAL_CHUNK)
     ]
     return torch.cat([v for v, _ in parts]), torch.cat([g for _, g in parts])
 
 
 def _functional_chunk(
-    model: nn.Module, x: torch.Tensor, names: set[str], output: Output
+    model: nn.Module, x: torch.Tensor, names: set[str], of: SensitivityOf
 ) -> tuple[torch.Tensor, torch.Tensor]:
     chosen = {n: p.detach() for n, p in model.named_parameters() if n in names}
     fixed = {n: t.detach() for n, t in [*model.named_parameters(), *model.named_buffers()] if n not in names}
 
     def f(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
         z = functional_call(model, {**fixed, **params}, (xi.unsqueeze(0),))[0]
-        return torch.softmax(z, 0) if output == "probs" else z
+        return torch.softmax(z, 0) if of == "probs" else z
 
     def s(xi: torch.Tensor) -> torch.Tensor:
         jac = jacrev(f)(chosen, xi)
@@ -99,6 +126,409 @@ def _functional_chunk(
 
     g, v = vmap(grad_and_value(s))(x)
     return v.double(), g
+
+
+# ---------------------------------------------------------------------------------------------
+# The factored any-layer path.
+
+FACTORED_CHUNK_ELEMENTS = 1 << 25
+"""Rough bound on the elements of the K-fold tensors (signals, per-logit gradients) that one chunk
+of the factored path holds (128 MiB in float32); the chunk size follows from the probe's shapes."""
+
+_LINEAR_OPS = frozenset(
+    """AddBackward0 AddBackward1 SubBackward0 SubBackward1 RsubBackward0 RsubBackward1 NegBackward0
+    MulBackward1 DivBackward1 ViewBackward0 UnsafeViewBackward0 ReshapeAliasBackward0 TBackward0
+    TransposeBackward0 TransposeBackward1 PermuteBackward0 ExpandBackward0 SqueezeBackward0
+    SqueezeBackward1 SqueezeBackward2 SqueezeBackward3 UnsqueezeBackward0 CloneBackward0
+    CatBackward0 StackBackward0 SelectBackward0 SliceBackward0 IndexBackward0 SplitBackward0
+    SplitWithSizesBackward0 UnbindBackward0 SumBackward0 SumBackward1 MeanBackward0 MeanBackward1
+    AvgPool2DBackward0 AdaptiveAvgPool2DBackward0 ToCopyBackward0 ConstantPadNdBackward0
+    ReluBackward0 LeakyReluBackward0 HardtanhBackward0 ThresholdBackward0 AbsBackward0
+    ClampBackward1 ClampMinBackward0 ClampMaxBackward0 MaximumBackward0 MinimumBackward0
+    MaxBackward0 MaxBackward1 AmaxBackward0 MaxPool2DWithIndicesBackward0
+    MaxPool1DWithIndicesBackward0 AdaptiveMaxPool2DBackward0""".split()
+)
+"""Autograd nodes piecewise linear in all their inputs together: behind them the derivative of the
+output w.r.t. a layer's output is locally constant in x (as Algorithm 1's double backprop sees it)."""
+_BILINEAR_OPS = frozenset(
+    """MulBackward0 MmBackward0 BmmBackward0 MvBackward0 AddmmBackward0 AddmvBackward0
+    BaddbmmBackward0 ConvolutionBackward0""".split()
+)
+"""Linear in each input: piecewise linear while at most one input depends on x."""
+_BATCH_NORM_OPS = frozenset(
+    {"NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0"}
+)
+"""Affine in the input when every batch norm of the model uses its running statistics."""
+
+
+def _frozen_batch_norm(m: nn.Module) -> bool:
+    return (
+        not m.training
+        and getattr(m, "running_mean", None) is not None
+        and getattr(m, "running_var", None) is not None
+    )
+
+
+def _unsupported(module: nn.Module, attr: str) -> str | None:
+    """Why the factored path can't take ``module.<attr>``; None if it can."""
+    if attr not in ("weight", "bias"):
+        return f"{type(module).__name__}.{attr} is not a weight or bias"
+    if type(module) is nn.Linear:
+        return None
+    if type(module) is nn.Conv2d:
+        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return "Conv2d with groups, a non-zero padding mode or string padding"
+        return None
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return None if module.affine and _frozen_batch_norm(module) else "batch norm not in eval mode"
+    return f"{type(module).__name__} layers are not factored"
+
+
+@dataclass
+class _Plan:
+    """Which parameters go which way: ``layers`` (module, its factored attrs), ``reasons`` (why each
+    other parameter goes through the per-sample fallback) and the chunk size of the factored path."""
+
+    layers: list[tuple[nn.Module, tuple[str, ...]]]
+    reasons: dict[str, str]
+    chunk: int
+
+
+def _hooked(modules: list[nn.Module]) -> tuple[dict[nn.Module, list], list]:
+    """Forward hooks recording (input, output, their versions) of each call of each module."""
+    records: dict[nn.Module, list] = {m: [] for m in modules}
+
+    def hook(store: list, args: tuple, out: object) -> None:
+        a = args[0] if args else None
+        store.append((a, out, getattr(a, "_version", None), getattr(out, "_version", None)))
+
+    hooks = [
+        m.register_forward_hook(lambda _m, args, out, st=records[m]: hook(st, args, out)) for m in modules
+    ]
+    return records, hooks
+
+
+def _record_problem(rec: list) -> str | None:
+    if len(rec) != 1:
+        return f"the layer runs {len(rec)} times per forward"
+    a, y, va, vy = rec[0]
+    if not isinstance(a, torch.Tensor) or not isinstance(y, torch.Tensor) or y.grad_fn is None:
+        return "the layer's input or output is not a tensor in the graph"
+    if a._version != va or y._version != vy:
+        return "the layer's input or output is changed in place"
+    return None
+
+
+def _graph_nodes(root: object) -> list:
+    nodes, seen, stack = [], set(), [root]
+    while stack:
+        n = stack.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        nodes.append(n)
+        stack.extend(f for f, _ in n.next_functions)  # type: ignore[attr-defined]
+    return nodes
+
+
+def _reaching(nodes: list, targets: set) -> dict:
+    """For each autograd node: does it lead (backward, towards the inputs) to one of ``targets``?"""
+    memo: dict = {}
+    for start in nodes:
+        stack = [start]
+        while stack:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            kids = [f for f, _ in n.next_functions if f is not None]
+            todo = [k for k in kids if k not in memo]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            memo[n] = any(k in targets or memo[k] for k in kids)
+    return memo
+
+
+def _plan(model: nn.Module, x: torch.Tensor, names: set[str]) -> _Plan:
+    """Decide, with one probe forward on two samples, which parameters the factored path takes."""
+    params = dict(model.named_parameters())
+    uses = {id(p): 0 for p in params.values()}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] += 1
+    reasons: dict[str, str] = {}
+    owners: dict[nn.Module, list[tuple[str, str]]] = {}
+    for name in sorted(names):
+        mod_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(mod_name)
+        why = _unsupported(module, attr) or (
+            "the parameter is shared" if uses[id(params[name])] > 1 else None
+        )
+        if why:
+            reasons[name] = why
+        else:
+            owners.setdefault(module, []).append((name, attr))
+    per_sample = _probe(model, x, params, owners, reasons) if owners else 0
+    layers = [(m, tuple(a for n, a in ps if n not in reasons)) for m, ps in owners.items()]
+    layers = [(m, attrs) for m, attrs in layers if attrs]
+    return _Plan(layers, reasons, max(1, FACTORED_CHUNK_ELEMENTS // max(1, per_sample)))
+
+
+def _probe(
+    model: nn.Module,
+    x: torch.Tensor,
+    params: dict[str, nn.Parameter],
+    owners: dict[nn.Module, list[tuple[str, str]]],
+    reasons: dict[str, str],
+) -> int:
+    """Check the graph of a forward on two samples; adds to ``reasons``; returns the elements per
+    sample of the factored path's K-fold tensors."""
+    chosen = {n: params[n] for ps in owners.values() for n, _ in ps}
+    flags = {n: p.requires_grad for n, p in chosen.items()}
+    xp = (x[:2] if len(x) >= 2 else torch.cat([x[:1], x[:1]])).detach().clone().requires_grad_(True)
+    records, hooks = _hooked(list(owners))
+    problem = None
+    try:
+        for p in chosen.values():
+            p.requires_grad_(True)  # so that each use of a chosen parameter shows in the graph
+        with torch.enable_grad():
+            z = model(xp)
+            if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.grad_fn is None:
+                problem = "the model's output is not (N, K)"
+            else:
+                (gx,) = torch.autograd.grad(z[0].sum(), xp, retain_graph=True, allow_unused=True)
+                if gx is not None and bool(gx[1].ne(0).any()):
+                    problem = "the samples of a batch interact"
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, p in chosen.items():
+            p.requires_grad_(flags[n])
+    if problem is not None:
+        reasons.update((n, problem) for n in chosen)
+        return 0
+    nodes = _graph_nodes(z.grad_fn)
+    edges = {id(p): 0 for p in chosen.values()}
+    for n in nodes:
+        for f, _ in n.next_functions:
+            var = getattr(f, "variable", None)
+            if var is not None and id(var) in edges:
+                edges[id(var)] += 1
+    x_node = next((n for n in nodes if getattr(n, "variable", None) is xp), None)
+    depends = _reaching(nodes, {x_node})
+    bn_affine = all(
+        _frozen_batch_norm(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    )
+
+    def nonlinear(n: object) -> bool:
+        kind = type(n).__name__
+        if kind in _LINEAR_OPS:
+            return False
+        dep = [f is not None and (f is x_node or depends[f]) for f, _ in n.next_functions]  # type: ignore[attr-defined]
+        if kind in _BILINEAR_OPS:
+            return sum(dep) > 1
+        if kind == "DivBackward0":
+            return len(dep) > 1 and dep[1]
+        if kind in _BATCH_NORM_OPS:
+            return not bn_affine or any(dep[1:])
+        return True
+
+    k, per_sample = z.shape[1], 0
+    for module, ps in owners.items():
+        why = _record_problem(records[module])
+        if why is None:
+            after = _reaching(nodes, {records[module][0][1].grad_fn})
+            bad = sorted({type(n).__name__ for n in nodes if after[n] and depends[n] and nonlinear(n)})
+            if bad:
+                why = f"not piecewise linear after the layer ({', '.join(bad)})"
+        for name, _ in ps:
+            if why is None and edges[id(chosen[name])] != 1:
+                reasons[name] = f"the parameter is used {edges[id(chosen[name])]} times per forward"
+            elif why is not None:
+                reasons[name] = why
+        if any(n not in reasons for n, _ in ps):
+            a, y = records[module][0][:2]
+            per_sample += k * (3 * y[0].numel() + _gram_size(module, a[:1], y[:1])) + a[0].numel()
+    return per_sample
+
+
+def _gram_size(module: nn.Module, a: torch.Tensor, y: torch.Tensor) -> int:
+    """Elements per sample and output of the per-logit gradient (direct) or the input Gram
+    matrix (per sample) the weight's Gram step holds."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return y.shape[1]
+    u = _unfolded(module, a)
+    o, l_, p = y.shape[1] if type(module) is nn.Conv2d else y.shape[-1], u.shape[1], u.shape[2]
+    return min(o * p, l_ * l_ + l_ * o)
+
+
+def _unfolded(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """The layer input as (N, L, P): L positions the weight is applied at, P inputs per position."""
+    if type(module) is nn.Conv2d:
+        u = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)  # type: ignore[arg-type]
+        return u.transpose(1, 2)
+    return a.reshape(len(a), -1, a.shape[-1])
+
+
+def _pairs(d: torch.Tensor, full: bool) -> torch.Tensor:
+    """(N, K, D) → the K×K Gram matrix per sample (full) or its diagonal."""
+    return d @ d.transpose(1, 2) if full else d.pow(2).sum(-1)
+
+
+def _weight_pairs(mt: torch.Tensor, u: torch.Tensor, full: bool) -> torch.Tensor:
+    """Gram of the per-logit weight gradients ``D_k = m_k u`` (m_k: O×L, u: L×P) per sample, from
+    signals ``mt`` (N, K, O, L) and unfolded inputs ``u`` (N, L, P): directly, or as
+    ``⟨m_i, m_j uuᵀ⟩`` through the L×L input Gram matrix — whichever takes fewer operations."""
+    n, k, o, l_ = mt.shape
+    p, kk = u.shape[-1], k * k if full else k
+    m = mt.reshape(n, k * o, l_)
+    if k * l_ * o * p + kk * o * p <= l_ * l_ * p + k * l_ * l_ * o + kk * l_ * o:
+        return _pairs((m @ u).reshape(n, k, o * p), full)
+    t = (m @ (u @ u.transpose(1, 2))).reshape(n, k, o * l_)
+    m = m.reshape(n, k, o * l_)
+    return m @ t.transpose(1, 2) if full else (m * t).sum(-1)
+
+
+def _layer_pairs(
+    module: nn.Module, attrs: tuple[str, ...], a: torch.Tensor, sig: torch.Tensor, full: bool
+) -> torch.Tensor:
+    """Σ over ``attrs`` of the per-logit gradient Gram matrices (N, K, K), or their diagonals (N, K),
+    of one layer from its input ``a`` and the signals ``sig`` = ∂z/∂y (N, K, *y.shape[1:])."""
+    n, k = sig.shape[:2]
+    out = torch.zeros((), device=a.device)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        c = sig.shape[2]
+        ms = sig.reshape(n, k, c, -1)  # (N, K, C, positions)
+        if "weight" in attrs:
+            shape = (1, c, *[1] * (a.dim() - 2))
+            xhat = (a - module.running_mean.view(shape)) / torch.sqrt(
+                module.running_var.view(shape) + module.eps
+            )  # type: ignore[union-attr]
+            out = out + _pairs((ms * xhat.reshape(n, 1, c, -1)).sum(-1), full)
+        if "bias" in attrs:
+            out = out + _pairs(ms.sum(-1), full)
+        return out
+    if type(module) is nn.Conv2d:
+        mt = sig.reshape(n, k, sig.shape[2], -1)  # (N, K, O, L)
+    else:
+        mt = sig.reshape(n, k, -1, sig.shape[-1]).transpose(2, 3)  # (N, K, O, L)
+    if "weight" in attrs:
+        out = out + _weight_pairs(mt, _unfolded(module, a), full)
+    if "bias" in attrs:
+        out = out + _pairs(mt.sum(-1), full)
+    return out
+
+
+def _softmax_jacobian_gram(z: torch.Tensor) -> torch.Tensor:
+    """JᵀJ = J² per row for J = diag(p) − ppᵀ, in float64, J's diagonal from positive terms."""
+    p = torch.softmax(z.double(), dim=1)
+    off_diag = 1.0 - torch.eye(p.shape[1], dtype=p.dtype, device=p.device)
+    j = torch.diag_embed(p * (p @ off_diag)) - p.unsqueeze(2) * p.unsqueeze(1) * off_diag
+    return j @ j
+
+
+def _factored_chunk(
+    model: nn.Module, x: torch.Tensor, plan: _Plan, of: SensitivityOf, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    modules = [m for m, _ in plan.layers]
+    records, hooks = _hooked(modules)
+    try:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            z = model(xg)
+    finally:
+        for h in hooks:
+            h.remove()
+    bad = [_record_problem(records[m]) for m in modules]
+    if any(bad) or z.dim() != 2:
+        raise RuntimeError(f"the model's forward changed since the probe: {next(b for b in bad if b)}")
+    ys = [records[m][0][1] for m in modules]
+    with torch.enable_grad():
+        k, full = z.shape[1], of == "probs"
+        per_k = [
+            torch.autograd.grad(z[:, i].sum(), ys, retain_graph=True, allow_unused=True) for i in range(k)
+        ]
+        h = torch.zeros((), dtype=torch.float64, device=x.device)
+        for idx, (module, attrs) in enumerate(plan.layers):
+            sig = torch.stack([torch.zeros_like(ys[idx]) if g[idx] is None else g[idx] for g in per_k], 1)
+            h = h + _layer_pairs(module, attrs, records[module][0][0], sig, full).double()
+        s = (_softmax_jacobian_gram(z) * h).sum((1, 2)) if full else h.sum(1)
+        if not need_grad:
+            return s.detach(), None
+        (g,) = torch.autograd.grad(s.sum(), xg)
+    return s.detach(), g
+
+
+def _sensitivity_and_grad(
+    model: nn.Module, x: torch.Tensor, names: set[str], of: SensitivityOf, need_grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(S(x), ∂S/∂x) per sample for any parameter set: the factored path for the parameters it
+    takes, per-sample double backprop for the rest (see the module docstring), summed."""
+    plan = _plan(model, x, names)
+    s = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    g = torch.zeros_like(x) if need_grad else None
+    if plan.layers:
+        parts = [
+            _factored_chunk(model, x[i : i + plan.chunk], plan, of, need_grad)
+            for i in range(0, len(x), plan.chunk)
+        ]
+        s = s + torch.cat([v for v, _ in parts])
+        if g is not None:
+            g = g + torch.cat([d for _, d in parts])  # type: ignore[misc]
+    if plan.reasons:
+        v, d = _per_sample_sensitivity_and_grad(model, x, set(plan.reasons), of, need_grad)
+        s = s + v
+        if g is not None:
+            g = g + d  # type: ignore[operator]
+    return s, g
+
+
+def _per_sample_sensitivity_and_grad(
+    model: nn.Module, x: torch.Tensor, names: set[str], of: SensitivityOf, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Algorithm 1 for the parameters ``names``: per sample, a loop over outputs, double backprop."""
+    w = [p for n, p in model.named_parameters() if n in names]
+    flags = [p.requires_grad for p in w]
+    s, g = [], []
+    try:
+        for p in w:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for xi in x:
+                v = xi.detach().unsqueeze(0).requires_grad_(True)
+                z = model(v)[0]
+                f = torch.softmax(z, 0) if of == "probs" else z
+                total = torch.zeros((), dtype=f.dtype, device=f.device)
+                for k in range(f.shape[0]):
+                    gk = torch.autograd.grad(
+                        f[k], w, retain_graph=True, create_graph=need_grad, allow_unused=True
+                    )
+                    total = total + sum(t.pow(2).sum() for t in gk if t is not None)
+                s.append(total.detach().double())
+                if need_grad:
+                    (gx,) = (
+                        torch.autograd.grad(total, v, allow_unused=True) if total.requires_grad else (None,)
+                    )
+                    g.append(torch.zeros_like(xi) if gx is None else gx[0])
+    finally:
+        for p, flag in zip(w, flags, strict=True):
+            p.requires_grad_(flag)
+    return torch.stack(s), torch.stack(g) if need_grad else None
+
+
+def sensitivity_plan(
+    model: nn.Module, x: np.ndarray | torch.Tensor, params: Sequence[str] | None = None
+) -> dict[str, str]:
+    """How S is computed for each parameter of W: ``"last layer"`` (closed form), ``"factored"``,
+    or ``"per sample: <why>"`` (the fallback). ``x``: inputs like the ones to be scored (one will do)."""
+    names = resolve_params(model, params)
+    if _fast_path(model, names):
+        return dict.fromkeys(sorted(names), "last layer")
+    xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    xt = xt.to(next(model.parameters()).dtype)
+    plan = _plan(model, xt, names)
+    return {n: f"per sample: {plan.reasons[n]}" if n in plan.reasons else "factored" for n in sorted(names)}
 
 
 def resolve_params(model: nn.Module, params: Sequence[str] | None) -> set[str]:
@@ -117,7 +547,7 @@ def sensitivity(
     model: nn.Module,
     x: np.ndarray | torch.Tensor,
     params: Sequence[str] | None = None,
-    output: Output = "probs",
+    of: SensitivityOf = "probs",
     batch_size: int = 256,
 ) -> np.ndarray:
     """S(x) = ‖∂f(W, x)/∂W‖²_F for each input (float64 array of shape (N,))."""
@@ -129,14 +559,14 @@ def sensitivity(
         xb = xt[i : i + batch_size]
         if _fast_path(model, names):
             with torch.no_grad():
-                out.append(_last_layer_sensitivity(model, xb, names, output))  # type: ignore[arg-type]
+                out.append(_last_layer_sensitivity(model, xb, names, of))  # type: ignore[arg-type]
         else:
-            out.append(_functional_sensitivity_and_grad(model, xb, names, output)[0].detach())
+            out.append(_sensitivity_and_grad(model, xb, names, of, need_grad=False)[0])
     return torch.cat(out).numpy()
 
 
 def sensitivity_reference(
-    model: nn.Module, x: torch.Tensor, params: Sequence[str] | None = None, output: Output = "probs"
+    model: nn.Module, x: torch.Tensor, params: Sequence[str] | None = None, of: SensitivityOf = "probs"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1 as written: one sample, a loop over outputs, double backprop. For tests and
     benchmarks — (S, ∂S/∂x) for a single input of shape (C, H, W)."""
@@ -144,7 +574,7 @@ def sensitivity_reference(
     w = [p for n, p in model.named_parameters() if n in names]
     v = x.detach().clone().unsqueeze(0).requires_grad_(True)
     z = model(v)[0]
-    f = torch.softmax(z, 0) if output == "probs" else z
+    f = torch.softmax(z, 0) if of == "probs" else z
     total = torch.zeros((), dtype=f.dtype)
     for k in range(f.shape[0]):
         gk = torch.autograd.grad(f[k], w, create_graph=True)
@@ -154,7 +584,7 @@ def sensitivity_reference(
 
 
 def _fast_path(model: nn.Module, names: set[str]) -> bool:
-    return isinstance(model, Classifier) and names <= set(LAST_LAYER)
+    return isinstance(model, WhiteBox) and names <= set(LAST_LAYER)
 
 
 def project(
@@ -190,7 +620,7 @@ class SensitiveSampleGenerator:
         norm: "linf" or "l2".
         lr: Adam learning rate (paper: 1e-3 with pixels in [0, 255]; 1e-2 here, pixels in [0, 1]).
         steps: itr_max (paper: 1000).
-        output: "probs" (softmax, the paper's f) or "logits".
+        of: "probs" (softmax, the paper's f) or "logits": what the sensitivity differentiates.
         params: names of the parameters W; None = last layer (paper's choice).
         bounds: the box [p, q].
         batch_size: samples optimised together.
@@ -206,7 +636,7 @@ class SensitiveSampleGenerator:
         norm: Norm = "linf",
         lr: float = 1e-2,
         steps: int = 1000,
-        output: Output = "probs",
+        of: SensitivityOf = "probs",
         params: Sequence[str] | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
         batch_size: int = 500,
@@ -216,20 +646,20 @@ class SensitiveSampleGenerator:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
         if norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-        if output not in ("probs", "logits"):
-            raise ValueError(f"output must be 'probs' or 'logits', got {output!r}")
+        if of not in ("probs", "logits"):
+            raise ValueError(f"of must be 'probs' or 'logits', got {of!r}")
         if steps < 0 or lr <= 0 or batch_size < 1:
             raise ValueError(f"need steps >= 0, lr > 0, batch_size >= 1 (got {steps}, {lr}, {batch_size})")
         if not bounds[0] < bounds[1]:
             raise ValueError(f"bounds must satisfy p < q, got {bounds}")
         self.epsilon, self.norm, self.lr, self.steps = float(epsilon), norm, float(lr), int(steps)
-        self.output, self.params, self.bounds = output, None if params is None else list(params), bounds
+        self.of, self.params, self.bounds = of, None if params is None else list(params), bounds
         self.batch_size, self.progress = int(batch_size), progress
 
     def __repr__(self) -> str:
         return (
             f"SensitiveSampleGenerator(epsilon={self.epsilon}, norm={self.norm!r}, lr={self.lr}, "
-            f"steps={self.steps}, output={self.output!r}, params={self.params})"
+            f"steps={self.steps}, of={self.of!r}, params={self.params})"
         )
 
     def config(self) -> dict:
@@ -239,7 +669,7 @@ class SensitiveSampleGenerator:
             "norm": self.norm,
             "lr": self.lr,
             "steps": self.steps,
-            "output": self.output,
+            "of": self.of,
             "params": self.params or list(LAST_LAYER),
             "bounds": list(self.bounds),
             "batch_size": self.batch_size,
@@ -250,11 +680,12 @@ class SensitiveSampleGenerator:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if _fast_path(model, names):
             x = x.detach().requires_grad_(True)
-            s = _last_layer_sensitivity(model, x, names, self.output)  # type: ignore[arg-type]
+            s = _last_layer_sensitivity(model, x, names, self.of)  # type: ignore[arg-type]
             (g,) = torch.autograd.grad(torch.log(s + 1e-300).sum(), x)
             return s.detach(), g
-        s, g = _functional_sensitivity_and_grad(model, x, names, self.output)
-        return s.detach(), g / (s.view(-1, *[1] * (x.dim() - 1)).float() + 1e-30)  # ∇ log S
+        s, g = _sensitivity_and_grad(model, x, names, self.of)
+        assert g is not None
+        return s.detach(), g / (s.view(-1, *[1] * (x.dim() - 1)).to(g.dtype) + 1e-30)  # ∇ log S
 
     def generate(self, model: nn.Module, seeds: np.ndarray) -> SensitiveSamples:
         """Optimise every seed (float32 (N, C, H, W) inside the box); returns the samples."""

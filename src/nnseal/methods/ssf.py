@@ -17,7 +17,7 @@ from torch import nn
 
 from nnseal.methods.base import Method, Pool, answers, names
 from nnseal.methods.manc import relu_activations
-from nnseal.methods.sensitive import Norm, Output, SensitiveSampleGenerator
+from nnseal.methods.sensitive import Norm, SensitiveSampleGenerator, SensitivityOf
 
 if TYPE_CHECKING:
     from nnseal.data import Dataset
@@ -32,7 +32,7 @@ class SensitiveSampleFingerprinter(Method):
         selection: "manc" (Algorithm 2: greedy cover of the ReLU units each sample activates),
             "random", or "first".
         neurons: module names whose ReLU units MANC covers (default: every ReLU).
-        epsilon, norm, lr, steps, output, params, batch_size: see :class:`SensitiveSampleGenerator`.
+        epsilon, norm, lr, steps, of, params, batch_size: see :class:`SensitiveSampleGenerator`.
         **common: ``n_queries``, ``pool_size`` (the paper's bag, 500 there), ``specs``, ``min_margin``
             (benign numeric noise — batch size, threads, ONNX; up to 1.1e-5 measured on a GTSRB LeNet —
             must not flip a kept answer), ``seed``, ``progress``: see :class:`~nnseal.methods.base.Method`.
@@ -49,7 +49,7 @@ class SensitiveSampleFingerprinter(Method):
         norm: Norm = "linf",
         lr: float = 1e-2,
         steps: int = 1000,
-        output: Output = "probs",
+        of: SensitivityOf = "probs",
         params: Sequence[str] | str | None = None,
         batch_size: int = 500,
         **common: Any,
@@ -63,7 +63,7 @@ class SensitiveSampleFingerprinter(Method):
             norm=norm,
             lr=lr,
             steps=steps,
-            output=output,
+            of=of,
             params=names(params),
             batch_size=batch_size,
             progress=self.progress,
