@@ -47,7 +47,7 @@ from nnseal.data import load_dataset
 from nnseal.methods.frontier import key_accuracy
 from nnseal.models.train import evaluate_accuracy, train_model
 from nnseal.targets import TorchTarget
-from nnseal.watermark import verify_watermark
+from nnseal.watermark import PAPER_NULL, verify_watermark
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_EPOCHS = 20
@@ -133,12 +133,12 @@ def main() -> int:
     wm_s = time.perf_counter() - t
     key, victim = marked.artifacts["key"], marked.model
     assert victim is not None
-    own = verify_watermark(key, TorchTarget(victim))
-    unmarked = verify_watermark(key, TorchTarget(model))
+    own = verify_watermark(key, TorchTarget(victim), null=PAPER_NULL)
+    unmarked = verify_watermark(key, TorchTarget(model), null=PAPER_NULL)
     unrelated = []
     for k in range(INDEPENDENT):
         other = train_model(train, "lenet", epochs=TRAIN_EPOCHS, seed=args.seed + 2 + k, progress=False)
-        v = verify_watermark(key, TorchTarget(other))
+        v = verify_watermark(key, TorchTarget(other), null=PAPER_NULL)
         unrelated.append({"seed": args.seed + 2 + k, "key_accuracy": key_accuracy(other, key), **v.to_dict()})
     victim_acc = marked.record["metrics"]["accuracy_after"]
     print(
@@ -160,7 +160,7 @@ def main() -> int:
         seconds = time.perf_counter() - t
         assert res.model is not None
         metrics = dict(res.record["metrics"])
-        verdict = verify_watermark(key, TorchTarget(res.model))
+        verdict = verify_watermark(key, TorchTarget(res.model), null=PAPER_NULL)
         row = {
             "label": label,
             "attack": name,

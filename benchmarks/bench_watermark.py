@@ -53,7 +53,7 @@ from nnseal.fingerprint import Fingerprint
 from nnseal.methods.frontier import FrontierStitching, key_accuracy
 from nnseal.models.train import evaluate_accuracy, fit, train_model
 from nnseal.targets import TorchTarget
-from nnseal.watermark import NullModel, p_value, threshold, verify_watermark
+from nnseal.watermark import PAPER_NULL, NullModel, p_value, threshold, verify_watermark
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("mlp", "lenet", "vgg")
@@ -125,7 +125,7 @@ def control_cost(model: nn.Module, train: Dataset, test: Dataset, epochs: float,
 def verdict_row(key: Fingerprint, target: Any, null: NullModel) -> dict[str, Any]:
     """Verdicts under the paper's null and the calibrated one (which may make any claim impossible:
     then its p-value is the chance that a null model gets the whole key right)."""
-    paper = verify_watermark(key, target, alpha=ALPHA)
+    paper = verify_watermark(key, target, alpha=ALPHA, null=PAPER_NULL)
     row = {
         "errors": paper.errors,
         "key_accuracy": paper.key_accuracy,
@@ -265,7 +265,7 @@ def main() -> int:
             "attack": "none (watermarked)",
             "lineage": "original",
         }
-        seq = verify_watermark(key, TorchTarget(wm), alpha=ALPHA, sequential=True)
+        seq = verify_watermark(key, TorchTarget(wm), alpha=ALPHA, sequential=True, null=PAPER_NULL)
         robust_rows.append(
             {**base, "accuracy_before": None, "accuracy_after": evaluate_accuracy(wm, test),
              "sequential_queries": seq.queries_used,

@@ -22,7 +22,7 @@ from nnseal.errors import ModelError
 from nnseal.models import load_model, save_model, train_model
 from nnseal.models.io import MODEL_FORMAT
 from nnseal.targets import TorchTarget
-from nnseal.watermark import verify_watermark
+from nnseal.watermark import PAPER_NULL, verify_watermark
 
 NAMES = [f"class-{i}" for i in range(10)]
 
@@ -149,7 +149,7 @@ def test_watermark_verify_on_another_shape_is_a_usage_error(model, digits, mnist
     _one_line_error(r)
     assert "watermark key's queries are 1×8×8" in r.stderr
     with pytest.raises(Exception, match="takes 1×28×28"):
-        verify_watermark(key, TorchTarget(load_model(mnist_shaped / "m.safetensors")))
+        verify_watermark(key, TorchTarget(load_model(mnist_shaped / "m.safetensors")), null=PAPER_NULL)
 
 
 def test_unexpected_error_is_exit_4_with_one_line(files, monkeypatch) -> None:

@@ -11,7 +11,7 @@ from nnseal.query import Verdict, query
 from nnseal.targets import Target, TorchTarget
 from nnseal.targets.stealth import StealthTarget
 from nnseal.verification import IntegrityVerdict, Status, verify
-from nnseal.watermark import Ownership, OwnershipVerdict, verify_watermark
+from nnseal.watermark import PAPER_NULL, Ownership, OwnershipVerdict, verify_watermark
 
 
 class Recording(Target):
@@ -83,7 +83,7 @@ def watermarked(model, digits):
 def test_integrity_and_ownership_share_one_verdict_shape(model, fingerprint, watermarked) -> None:
     marked, key = watermarked
     integrity = verify(fingerprint, TorchTarget(model))
-    ownership = verify_watermark(key, TorchTarget(marked))
+    ownership = verify_watermark(key, TorchTarget(marked), null=PAPER_NULL)
     assert isinstance(integrity, IntegrityVerdict) and isinstance(ownership, OwnershipVerdict)
     assert isinstance(integrity, Verdict) and isinstance(ownership, Verdict)
     shared = {"kind", "status", "reason", "model_id", "target", "queries_total", "queries_used", "answered",
@@ -111,6 +111,6 @@ def test_ownership_failures_are_counted_by_cause(watermarked) -> None:
         def describe(self) -> str:
             return "flaky"
 
-    v = verify_watermark(key, Flaky(), batch_size=5)
+    v = verify_watermark(key, Flaky(), batch_size=5, null=PAPER_NULL)
     assert v.problems == {"http-503": 5, "nan": 5} and v.failed == list(range(10))
     assert v.status is Ownership.INCONCLUSIVE and "keys got no valid answer" in v.reason

@@ -15,7 +15,7 @@ def watermark(
     ctx: AttackContext,
     *,
     key_size: int = 100,
-    epsilon: float = 0.25,
+    epsilon: float | str = "auto",
     boost: int = 10,
     epochs: float = 5.0,
     checks_per_epoch: int = 4,
@@ -23,8 +23,14 @@ def watermark(
 ) -> nn.Module:
     """Embed a frontier-stitching watermark (FGSM key of ``key_size`` inputs at ``epsilon``, fine-tuned on
     clean data plus the key boosted ``boost`` times until the key is learnt); the key is the attack's
-    artifact ``key``."""
+    artifact ``key``. ``epsilon="auto"``: the paper's 0.25, or the nearest ε on a ×0.8 grid that
+    forms a balanced key (the metrics' ``epsilon`` is the one used)."""
     train = ctx.require_train("watermark")
+    if isinstance(epsilon, str) and epsilon != "auto":  # from the CLI's key=value pairs
+        try:
+            epsilon = float(epsilon)
+        except ValueError:
+            raise ValueError(f"epsilon must be a number in (0, 1] or 'auto', got {epsilon!r}") from None
     method = FrontierStitching(
         key_size=key_size,
         epsilon=epsilon,

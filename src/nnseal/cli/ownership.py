@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,6 +20,27 @@ from nnseal.cli.options import (
     signing,
     signing_keys,
 )
+from nnseal.errors import NnsealError
+from nnseal.watermark import (
+    DEFAULT_ALPHA,
+    DEFAULT_MARGIN,
+    DEFAULT_REFERENCES,
+    REFERENCE_ARCHITECTURES,
+    REFERENCE_EPOCHS,
+    REFERENCE_SEED,
+)
+
+
+def _epsilon(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        eps = float(value)
+    except ValueError:
+        raise click.BadParameter(f"must be 'auto' or a number in (0, 1], got {value!r}") from None
+    if not 0 < eps <= 1:
+        raise click.BadParameter(f"must be 'auto' or a number in (0, 1], got {value!r}")
+    return eps
 
 
 @main.group()
@@ -33,11 +56,53 @@ def watermark() -> None:
 @click.option("--data", "dataset", default="digits", show_default=True, help="The model's training data.")
 @root_option
 @click.option("--key-size", default=100, show_default=True, help="Key inputs ℓ (even).")
-@click.option("--epsilon", default=0.25, show_default=True, help="FGSM step (L∞, pixels in [0, 1]).")
+@click.option(
+    "--epsilon",
+    default="auto",
+    show_default=True,
+    callback=_epsilon,
+    help="FGSM step (L∞, pixels in [0, 1]); auto: the paper's 0.25, or the nearest ε on a ×0.8 grid "
+    "that forms a balanced key (at most 8 tried).",
+)
 @click.option("--boost", default=10, show_default=True, help="Times the key is repeated in fine-tuning.")
 @click.option("--epochs", default=5.0, show_default=True, help="Most fine-tuning epochs.")
 @click.option("--lr", default=1e-3, show_default=True, help="Fine-tuning learning rate (Adam).")
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--references",
+    "n_references",
+    type=click.IntRange(min=0),
+    default=DEFAULT_REFERENCES,
+    show_default=True,
+    help="Reference models to train on the same data (independent seeds, the --reference-arch "
+    "architectures in turn) to calibrate the null stored in the key; 0: none (then verify is "
+    "inconclusive unless it calibrates or is given --paper-null). About 10 s on digits.",
+)
+@click.option(
+    "--reference",
+    "reference_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A model known not to be watermarked (repeatable, >= 2; model or .onnx file): calibrate on these "
+    "instead of training references.",
+)
+@click.option(
+    "--reference-arch",
+    "reference_archs",
+    multiple=True,
+    type=click.Choice(["mlp", "lenet", "vgg"]),
+    help=f"Architectures of the trained references, in turn (repeatable; default: "
+    f"{', '.join(REFERENCE_ARCHITECTURES)}).",
+)
+@click.option(
+    "--reference-epochs", default=REFERENCE_EPOCHS, show_default=True, help="Training epochs per reference."
+)
+@click.option(
+    "--reference-seed",
+    default=REFERENCE_SEED,
+    show_default=True,
+    help="Seed of the first reference (+1 each).",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Watermarked model to write.")
 @click.option("--key", "key_out", type=click.Path(path_type=Path), required=True, help="Key file to write.")
 @signing
@@ -47,11 +112,16 @@ def watermark_embed(
     dataset: str,
     root: Path | None,
     key_size: int,
-    epsilon: float,
+    epsilon: float | str,
     boost: int,
     epochs: float,
     lr: float,
     seed: int,
+    n_references: int,
+    reference_files: tuple[Path, ...],
+    reference_archs: tuple[str, ...],
+    reference_epochs: float,
+    reference_seed: int,
     out: Path,
     key_out: Path,
     hmac_key_file: Path | None,
@@ -59,36 +129,100 @@ def watermark_embed(
     no_sign: bool,
     as_json: bool,
 ) -> None:
-    """Watermark MODEL; write the watermarked copy (with its lineage) and the signed key."""
+    """Watermark MODEL; write the watermarked copy (with its lineage) and the signed key, which also
+    carries the null calibrated on reference models (trained, or given with --reference)."""
     from nnseal.attacks import run_attack
     from nnseal.data import load_dataset
     from nnseal.models import load_model
+    from nnseal.targets import open_target
+    from nnseal.watermark import calibrate_key, claim_rule
 
+    if len(reference_files) == 1:
+        raise NnsealError("--reference needs at least 2 models (repeat it)")
     keys = signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
+    references = [open_target(p) for p in reference_files]  # fail on a bad file before any training
     train, test = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
     params = {"key_size": key_size, "epsilon": epsilon, "boost": boost, "epochs": epochs, "lr": lr}
     result = run_attack("watermark", m, params, train=train, test=test, seed=seed, progress=not as_json)
     key = result.artifacts["key"]
+    r = result.record["metrics"]
+    null = None
+    t = time.perf_counter()
+    try:
+        if references:
+            key, null = calibrate_key(key, references=references, names=[str(p) for p in reference_files])
+        elif n_references:
+            key, null = calibrate_key(
+                key,
+                train,
+                count=n_references,
+                architectures=reference_archs or REFERENCE_ARCHITECTURES,
+                epochs=reference_epochs,
+                seed=reference_seed,
+                progress=not as_json,
+            )
+    finally:
+        for ref in references:
+            ref.close()
+    calibration_s = time.perf_counter() - t
     key.save(key_out, hmac_key=keys.hmac_key, ed25519_key=keys.ed25519)
     result.save(out)
-    r = result.record["metrics"]
     signed = keys.schemes
-    info = {"model": str(out), "key": str(key_out), "signed": signed, "model_id": key.model_id, **r}
+    info: dict[str, Any] = {"model": str(out), "key": str(key_out), "signed": signed}
+    info.update(model_id=key.model_id, **r)
+    eps_note = f"epsilon {r['epsilon']:g}" + (
+        f" (auto; tried {', '.join(f'{e:g}' for e in r['epsilon_tried'])})"
+        if len(r["epsilon_tried"]) > 1
+        else ""
+    )
     text = (
-        f"wrote {out} and {key_out} (signed: {', '.join(signed) or 'no'}): key accuracy "
+        f"wrote {out} and {key_out} (signed: {', '.join(signed) or 'no'}): {eps_note}; key accuracy "
         f"{r['key_accuracy_before']:.0%} → {r['key_accuracy_after']:.0%} after {r['epochs']:g} epochs; "
         f"test accuracy {r['accuracy_before']:.2%} → {r['accuracy_after']:.2%}"
     )
     if r["key_accuracy_after"] < 1:
         text += "\nwarning: the key was not fully learnt; raise --epochs or --lr"
+    if null is None:
+        info["null"] = None
+        text += (
+            "\nwarning: no reference models, so the key has no calibrated null: `watermark verify` will be "
+            "inconclusive unless it calibrates (--calibrate) or is given --paper-null"
+        )
+    else:
+        rule = claim_rule(len(key), DEFAULT_ALPHA, null, DEFAULT_MARGIN)
+        acc = null.key_accuracies
+        info.update(
+            null=null.to_dict(),
+            references=key.provenance["null"]["references"],
+            calibration_seconds=calibration_s,
+            claim_key_accuracy=rule.claim_accuracy,
+            claim_alpha=DEFAULT_ALPHA,
+        )
+        text += (
+            f"\nnull calibrated on {len(acc)} reference models ({calibration_s:.0f} s): key accuracy mean "
+            f"{sum(acc) / len(acc):.2f} [{min(acc):.2f}, {max(acc):.2f}], {null.kind} p={null.p:.3f}"
+        )
+        if rule.claim_accuracy is None:
+            text += (
+                f"\nwarning: under this null no key accuracy reaches alpha={DEFAULT_ALPHA:g}: the key cannot "
+                "prove ownership (use a longer key, or a larger --epsilon)"
+            )
+        else:
+            text += f"; a claim at alpha={DEFAULT_ALPHA:g} needs key accuracy >= {rule.claim_accuracy:.0%}"
     emit(info, as_json, text)
 
 
 @watermark.command("verify")
 @click.argument("key_file", metavar="KEY", type=click.Path(path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path), required=False)
-@click.option("--alpha", default=0.05, show_default=True, help="Significance level, fixed beforehand.")
+@click.option(
+    "--alpha",
+    default=DEFAULT_ALPHA,
+    show_default=True,
+    help="Significance level, fixed beforehand: a claim accuses, so at most 1 innocent model in 1/alpha "
+    "may be claimed.",
+)
 @click.option("--sequential", is_flag=True, help="Stop as soon as the decision is certain (fewer queries).")
 @click.option("--budget", type=int, help="Most queries to send.")
 @click.option(
@@ -97,7 +231,22 @@ def watermark_embed(
     multiple=True,
     type=click.Path(path_type=Path),
     help="A model known not to be watermarked (repeatable, >= 2): fit the null to their key accuracy "
-    "instead of the paper's 1/2.",
+    "instead of the key's stored null.",
+)
+@click.option(
+    "--paper-null",
+    is_flag=True,
+    help="Test the paper's Binomial(ℓ, 1/2) null instead of the key's calibrated one (needed to decide "
+    "with a key that has none). It claims independently trained models that agree with the key "
+    "more often than half the time.",
+)
+@click.option(
+    "--margin",
+    default=DEFAULT_MARGIN,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="With a calibrated null, a claim also needs key accuracy above the best reference model's by "
+    "more than this.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), help="Most queries per call.")
 @signature_check
@@ -110,6 +259,8 @@ def watermark_verify(
     sequential: bool,
     budget: int | None,
     null_models: tuple[Path, ...],
+    paper_null: bool,
+    margin: float,
     batch_size: int | None,
     hmac_key_file: Path | None,
     public_keys: tuple[Path, ...],
@@ -120,28 +271,55 @@ def watermark_verify(
     """Is TARGET (an nnseal model file or an .onnx file), or the prediction API at --url,
     watermarked with KEY?
 
+    The null is the one stored in KEY (calibrated at embedding), else --calibrate's; a key with
+    neither is inconclusive unless --paper-null is given.
+
     Exit code: 0 watermarked, 1 not watermarked, 3 inconclusive, 2 bad input.
     """
     from nnseal.targets import open_target
-    from nnseal.watermark import PAPER_NULL, NullModel, verify_watermark
+    from nnseal.watermark import PAPER_NULL, calibrate_null, stored_null, verify_watermark
 
+    if null_models and paper_null:
+        raise NnsealError("give either --calibrate or --paper-null, not both")
+    if len(null_models) == 1:
+        raise NnsealError("--calibrate needs at least 2 models (repeat it)")
     key = load_signed(key_file, hmac_key_file, public_keys, allow_unsigned)
-    null = PAPER_NULL
+    stored_null(key)  # a hostile stored null is an input error even when another null is used
+    null = PAPER_NULL if paper_null else None
     if null_models:
-        accs = [verify_watermark(key, open_target(p), alpha=alpha).key_accuracy for p in null_models]
-        null = NullModel.calibrate([a for a in accs if a is not None], len(key))
+        refs = [open_target(p) for p in null_models]
+        try:
+            null = calibrate_null(key, refs)
+        finally:
+            for ref in refs:
+                ref.close()
     tgt = http.open(key, target)
     try:
         v = verify_watermark(
-            key, tgt, alpha=alpha, null=null, sequential=sequential, budget=budget, batch_size=batch_size
+            key,
+            tgt,
+            alpha=alpha,
+            null=null,
+            uncalibrated="inconclusive",
+            margin=margin,
+            sequential=sequential,
+            budget=budget,
+            batch_size=batch_size,
         )
     finally:
         tgt.close()
     acc = "-" if v.key_accuracy is None else f"{v.key_accuracy:.2%}"
+    source = {
+        "key": "the key's",
+        "given": "--calibrate" if null_models else "the paper's",
+        "paper": "the paper's",
+    }
+    null_text = f"{source[v.null_source]} {v.null['kind']} null p={v.null['p']:.3f}"
+    if v.null["calibration_models"]:
+        null_text += f" ({v.null['calibration_models']} reference models, bound p={v.null_tested['p']:.3f})"
     text = (
         f"{v.status.value.upper()}: {v.reason} (p={v.p_value:.3g}, key accuracy {acc}, "
-        f"{v.queries_used} of {v.queries_total} queries, null {v.null['kind']} p={v.null['p']:.3f})"
-        f"\n{key.signature}"
+        f"{v.queries_used} of {v.queries_total} queries, {null_text})\n{key.signature}"
     )
     emit(v.to_dict(), as_json, text)
     sys.exit(v.exit_code)

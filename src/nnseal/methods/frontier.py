@@ -6,11 +6,18 @@ training inputs: half *true adversaries* (the step flipped the label), half *fal
 (still correct, but pushed towards the frontier), all labelled with their ORIGINAL class. The model
 is fine-tuned on the clean data plus the key (repeated ``boost`` times) until it gets every key
 right, so the frontier is "stitched" around the key. A model that was not watermarked should get
-about half of the key right; :func:`nnseal.watermark.verify_watermark` decides.
+about half of the key right; :func:`nnseal.watermark.verify_watermark` decides (on a null calibrated
+with :func:`nnseal.watermark.calibrate_key`: in practice they get more than half right).
+
+ε = ``"auto"`` (the default) starts at the paper's 0.25 and, when that cannot form a balanced key
+(on 8×8 digits 0.25 flips almost every input, leaving too few false adversaries), multiplies it by
+0.8 — or by 1.25 when too few inputs flip — up to :data:`AUTO_EPSILON_TRIES` times; the ε used is the
+key's ``params["epsilon"]`` and the ones tried ``params["epsilon_tried"]``. A number is used as is.
 
 Example::
 
-    marked, key, report = FrontierStitching(key_size=100, epsilon=0.25).embed(model, train, test=test)
+    marked, key, report = FrontierStitching(key_size=100).embed(model, train, test=test)
+    key, null = calibrate_key(key, train)   # nnseal.watermark: without a null no claim is made
     key.save("model.key.nnseal", hmac_key=b"secret")
     verify_watermark(key, TorchTarget(marked)).status   # Ownership.WATERMARKED
 """
@@ -38,6 +45,20 @@ if TYPE_CHECKING:
     from nnseal.data import Dataset
 
 METHOD = "frontier-stitching"
+AUTO_EPSILON_START = 0.25
+"""Where ``epsilon="auto"`` starts: the paper's (and WRT's) ε."""
+AUTO_EPSILON_TRIES = 8
+"""Most ε values ``epsilon="auto"`` tries (0.25 × 0.8^k down to 0.052)."""
+AUTO_EPSILON_FACTOR = 0.8
+"""The step of the search: ε × 0.8 if too few inputs stay correct, ε / 0.8 if too few flip."""
+
+
+class _Unbalanced(Exception):
+    """No balanced key at this ε; ``hint``: which way ε should move ("larger" or "smaller")."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def fgsm(model: nn.Module, x: np.ndarray, y: np.ndarray, epsilon: float, batch_size: int = 256) -> np.ndarray:
@@ -70,6 +91,7 @@ class EmbedReport:
 
     key_size: int
     epsilon: float
+    epsilon_tried: list[float]
     candidates: int
     true_available: int
     false_available: int
@@ -97,7 +119,8 @@ class FrontierStitching:
 
     Args:
         key_size: ℓ, the number of key inputs (even: ℓ/2 true + ℓ/2 false adversaries). Paper: 100.
-        epsilon: FGSM step in [0, 1] pixel units. Paper and WRT default: 0.25.
+        epsilon: FGSM step in [0, 1] pixel units (paper and WRT: 0.25), or ``"auto"``: 0.25, or the
+            nearest ε on a ×0.8 grid that forms a balanced key (module docstring).
         pool_factor: candidates drawn per key input (WRT ``key_expansion_factor``: 10); the pool
             doubles until both kinds are found, up to every correctly classified input.
         boost: times the key is repeated in the fine-tuning stream (WRT ``boost_factor``: 10).
@@ -117,7 +140,7 @@ class FrontierStitching:
         self,
         *,
         key_size: int = 100,
-        epsilon: float = 0.25,
+        epsilon: float | str = "auto",
         pool_factor: int = 10,
         boost: int = 10,
         epochs: float = 5.0,
@@ -130,15 +153,17 @@ class FrontierStitching:
     ) -> None:
         if key_size < 2 or key_size % 2:
             raise ValueError(f"key_size must be an even number >= 2, got {key_size}")
-        if not 0 < epsilon <= 1:
-            raise ValueError(f"epsilon must be in (0, 1] (pixel units), got {epsilon}")
+        if epsilon != "auto" and (
+            isinstance(epsilon, (str, bool)) or not isinstance(epsilon, (int, float)) or not 0 < epsilon <= 1
+        ):
+            raise ValueError(f"epsilon must be 'auto' or in (0, 1] (pixel units), got {epsilon!r}")
         if pool_factor < 1 or boost < 1 or checks_per_epoch < 1:
             raise ValueError("pool_factor, boost and checks_per_epoch must be >= 1")
         if epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {epochs}")
         self.key_size, self.epsilon, self.pool_factor, self.boost = (
             int(key_size),
-            float(epsilon),
+            epsilon if epsilon == "auto" else float(epsilon),
             pool_factor,
             boost,
         )
@@ -163,13 +188,41 @@ class FrontierStitching:
         return f"FrontierStitching({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
 
     def make_key(self, model: nn.Module, data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-        """Key inputs, their original labels, which are true adversaries, and how they were found."""
-        rng = np.random.default_rng(self.seed)
+        """Key inputs, their original labels, which are true adversaries, and how they were found
+        (``epsilon``: the ε used, ``epsilon_tried``: every ε tried, in order)."""
         correct = np.flatnonzero(predict_logits(model, data.x).argmax(1).numpy() == data.y)
         if len(correct) < self.key_size:
             raise NnsealError(
                 f"only {len(correct)} inputs are classified correctly; the key needs {self.key_size}"
             )
+        auto = self.epsilon == "auto"
+        eps, tried, direction = AUTO_EPSILON_START if auto else float(self.epsilon), [], 0
+        while True:
+            tried.append(eps)
+            try:
+                x, y, flipped, info = self._key_at(model, data, correct, eps)
+            except _Unbalanced as e:
+                failure = e
+            else:
+                return x, y, flipped, {**info, "epsilon": eps, "epsilon_tried": tried}
+            step = -1 if failure.hint == "smaller" else 1  # too few false adversaries: a smaller ε
+            nxt = round(eps * AUTO_EPSILON_FACTOR**-step, 4)
+            turned = step == -direction  # no ε between the last two forms a balanced key
+            if not auto or turned or len(tried) >= AUTO_EPSILON_TRIES or not 0 < nxt <= 1 or nxt == eps:
+                break
+            eps, direction = nxt, step
+        if not auto:
+            raise NnsealError(f"{failure} (try a {failure.hint} epsilon)")
+        raise NnsealError(
+            f"{failure}; no epsilon tried ({', '.join(f'{e:g}' for e in tried)}) forms a balanced key "
+            f"of {self.key_size} (try a smaller key, or more training data)"
+        )
+
+    def _key_at(
+        self, model: nn.Module, data: Dataset, correct: np.ndarray, epsilon: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """The key at one ε; :class:`_Unbalanced` (saying which way ε should move) if there is none."""
+        rng = np.random.default_rng(self.seed)
         order = rng.permutation(correct)
         half = self.key_size // 2
         pool = min(len(order), self.pool_factor * self.key_size)
@@ -177,7 +230,7 @@ class FrontierStitching:
         xs, ys, flipped, src = [], [], [], []
         while True:
             idx = order[done:pool]
-            x_adv = fgsm(model, data.x[idx], data.y[idx], self.epsilon)
+            x_adv = fgsm(model, data.x[idx], data.y[idx], epsilon)
             xs.append(x_adv)
             ys.append(data.y[idx])
             flipped.append(predict_logits(model, x_adv).argmax(1).numpy() != data.y[idx])
@@ -189,10 +242,10 @@ class FrontierStitching:
                 break
             pool = min(len(order), 2 * pool)
         if n_true < half or n_false < half:
-            hint = "larger" if n_true < half else "smaller"
-            raise NnsealError(
-                f"epsilon={self.epsilon} gives {n_true} true and {n_false} false adversaries among {done} "
-                f"correctly classified inputs; the key needs {half} of each (try a {hint} epsilon)"
+            raise _Unbalanced(
+                f"epsilon={epsilon:g} gives {n_true} true and {n_false} false adversaries among {done} "
+                f"correctly classified inputs; the key needs {half} of each",
+                "larger" if n_true < half else "smaller",
             )
         x_all, y_all, f_all, s_all = (np.concatenate(a) for a in (xs, ys, flipped, src))
         pick = np.concatenate([np.flatnonzero(f_all)[:half], np.flatnonzero(~f_all)[:half]])
@@ -247,7 +300,12 @@ class FrontierStitching:
             specs=["top1"],
             model_id=model_id(marked),
             method=self.name,
-            params=self.config(),
+            params={
+                **self.config(),
+                "epsilon": info["epsilon"],
+                "epsilon_requested": self.epsilon,
+                "epsilon_tried": info["epsilon_tried"],
+            },
             provenance={
                 "dataset": data.name,
                 "source_model_id": model_id(model),
@@ -255,12 +313,13 @@ class FrontierStitching:
                 "key_accuracy_before": before,
                 "key_accuracy_after": after,
                 "torch": torch.__version__,
-                **info,
+                **{k: v for k, v in info.items() if not k.startswith("epsilon")},
             },
         )
         report = EmbedReport(
             key_size=self.key_size,
-            epsilon=self.epsilon,
+            epsilon=info["epsilon"],
+            epsilon_tried=info["epsilon_tried"],
             candidates=info["candidates"],
             true_available=info["true_available"],
             false_available=info["false_available"],

@@ -1,0 +1,264 @@
+"""Benchmark: ownership claims with the default (calibrated) null never accuse an innocent model.
+
+On scikit-learn digits (1,437 training / 360 test images, 8×8):
+
+1. Trains the owner's LeNet (seed 0, 20 epochs) and watermarks it with the defaults of
+   ``watermark embed``: a 100-input key, ε = auto, and the null calibrated on 8 reference models
+   (LeNet and MLP in turn, seeds 1000–1007, 20 epochs) stored in the key — the cost of that
+   calibration is the ``calibration`` timing.
+2. Suspects: the watermarked model; its derivatives by the registered removal attacks ``ftll``,
+   ``ftal``, ``rtal``, ``fine-pruning``, ``distill``, ``extract-labels`` and ``overwrite`` at the
+   light and strong settings of ``nnseal.attacks.removal.STRENGTHS`` (attacker seed 1); the owner's
+   source model before embedding (reported, not scored); and 20 independently trained models
+   (LeNet and MLP, seeds 1–10 each, 20 epochs), held out from calibration.
+3. Verifies every suspect with ``verify_watermark`` at the defaults (the key's null, α = 1e-3, margin
+   0.05) and, for comparison, under the paper's Binomial(ℓ, 1/2) null at α = 0.05 and at 1e-3.
+   Scores the key accuracy: ROC AUC of watermarked + derivatives (positives) against the independent
+   models (negatives), TPR at FPR ≤ 1 % (no negative above the cut), and how many independent models
+   each rule claims (the default must claim none).
+
+Prints the table and writes ``benchmarks/results/bench_ownership.json``.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_ownership.py           # about 4 min on 2 idle cores
+    .venv/bin/python benchmarks/bench_ownership.py --quick   # 4 references, 6 independents, light attacks
+
+Options: ``--seed``, ``--threads`` (default 2), ``--out PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _machine import machine_info
+
+from nnseal._io import atomic_write_text
+from nnseal.attacks import run_attack
+from nnseal.attacks.removal import STRENGTHS
+from nnseal.data import load_dataset
+from nnseal.methods.frontier import FrontierStitching
+from nnseal.models.train import evaluate_accuracy, train_model
+from nnseal.targets import TorchTarget
+from nnseal.watermark import (
+    DEFAULT_ALPHA,
+    DEFAULT_MARGIN,
+    DEFAULT_REFERENCES,
+    PAPER_NULL,
+    REFERENCE_ARCHITECTURES,
+    REFERENCE_EPOCHS,
+    REFERENCE_SEED,
+    calibrate_key,
+    claim_rule,
+    verify_watermark,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+OWNER_EPOCHS = 20.0
+INDEPENDENT_EPOCHS = 20.0
+INDEPENDENT_SEEDS = {"lenet": range(1, 11), "mlp": range(1, 11)}
+QUICK_SEEDS = {"lenet": range(1, 4), "mlp": range(1, 4)}
+ATTACKS = ("ftll", "ftal", "rtal", "fine-pruning", "distill", "extract-labels", "overwrite")
+PAPER_ALPHA = 0.05
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="4 references, 6 independent models, light attacks")
+    p.add_argument("--seed", type=int, default=0, help="the owner's model and embedding seed")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bench_ownership.json")
+    return p.parse_args()
+
+
+def table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def roc_auc(pos: list[float], neg: list[float]) -> float:
+    """P(a positive scores above a negative), ties counting half (Mann–Whitney)."""
+    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
+
+
+def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = 0.01) -> tuple[float, float]:
+    """The best TPR whose cut (claim iff score > cut) lets at most ``fpr`` of the negatives through."""
+    allowed = int(np.floor(fpr * len(neg)))
+    cut = float(np.sort(neg)[::-1][allowed]) if allowed < len(neg) else -np.inf
+    return float(np.mean(np.asarray(pos) > cut)), cut
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    t_start, load_start = time.perf_counter(), os.getloadavg()
+    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    n_refs = 4 if args.quick else DEFAULT_REFERENCES
+    seeds = QUICK_SEEDS if args.quick else INDEPENDENT_SEEDS
+    strengths = ("light",) if args.quick else ("light", "strong")
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    owner = train_model(train, "lenet", epochs=OWNER_EPOCHS, seed=args.seed, progress=False)
+    timings["owner_training"] = time.perf_counter() - t
+    t = time.perf_counter()
+    method = FrontierStitching(seed=args.seed)  # the defaults: key 100, ε auto
+    marked, key, rep = method.embed(owner, train, test=test)
+    timings["embedding"] = time.perf_counter() - t
+    print(f"embedded: ε {rep.epsilon:g} (tried {rep.epsilon_tried}), key {rep.key_accuracy_after:.2f}, test "
+          f"accuracy {rep.accuracy_before:.4f} → {rep.accuracy_after:.4f} ({timings['embedding']:.1f} s)",
+          flush=True)  # fmt: skip
+    t = time.perf_counter()
+    key, null = calibrate_key(key, train, count=n_refs)
+    timings["calibration"] = time.perf_counter() - t
+    refs = key.provenance["null"]["references"]
+    rule = claim_rule(len(key), DEFAULT_ALPHA, null, DEFAULT_MARGIN)
+    each = ", ".join(f"{r['name']} {r['seconds']:.1f} s" for r in refs)
+    print(f"null calibrated on {n_refs} references in {timings['calibration']:.1f} s "
+          f"({each}): {null.kind} p={null.p:.3f}, "
+          f"accuracies {[round(a, 2) for a in null.key_accuracies]}; claim needs ≥ {rule.claim_accuracy:.0%}",
+          flush=True)  # fmt: skip
+
+    suspects: list[dict[str, Any]] = [{"suspect": "watermarked", "group": "watermarked", "model": marked}]
+    t = time.perf_counter()
+    for name in ATTACKS:
+        for strength in strengths:
+            t_a = time.perf_counter()
+            res = run_attack(
+                name, marked, STRENGTHS[name][strength], train=train, test=test, seed=args.seed + 1
+            )
+            suspects.append({"suspect": f"{name} ({strength})", "group": "derivative", "model": res.model,
+                             "attack": name, "strength": strength, "params": res.record["params"],
+                             "attack_seconds": time.perf_counter() - t_a})  # fmt: skip
+            print(f"  {name} {strength}: {time.perf_counter() - t_a:.1f} s", flush=True)
+    timings["attacks"] = time.perf_counter() - t
+    suspects.append({"suspect": "source (before embedding)", "group": "source", "model": owner})
+    t = time.perf_counter()
+    for arch, arch_seeds in seeds.items():
+        for s in arch_seeds:
+            m = train_model(train, arch, epochs=INDEPENDENT_EPOCHS, seed=s, progress=False)
+            suspects.append({"suspect": f"{arch} seed {s}", "group": "independent", "model": m, "arch": arch,
+                             "seed": s})  # fmt: skip
+    timings["independent_training"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rows = []
+    for s in suspects:
+        m = s.pop("model")
+        v = verify_watermark(key, TorchTarget(m))
+        paper = verify_watermark(key, TorchTarget(m), null=PAPER_NULL, alpha=PAPER_ALPHA)
+        paper_strict = verify_watermark(key, TorchTarget(m), null=PAPER_NULL)
+        s.update(
+            test_accuracy=evaluate_accuracy(m, test),
+            key_accuracy=v.key_accuracy,
+            p_value=v.p_value,
+            verdict=v.status.value,
+            p_paper=paper.p_value,
+            verdict_paper_005=paper.status.value,
+            verdict_paper_default_alpha=paper_strict.status.value,
+        )
+        rows.append(s)
+    timings["verification"] = time.perf_counter() - t
+
+    pos = [r["key_accuracy"] for r in rows if r["group"] in ("watermarked", "derivative")]
+    neg = [r["key_accuracy"] for r in rows if r["group"] == "independent"]
+    auc = roc_auc(pos, neg)
+    tpr, cut = tpr_at_fpr(pos, neg)
+    indep = [r for r in rows if r["group"] == "independent"]
+    positives = [r for r in rows if r["group"] in ("watermarked", "derivative")]
+    claimed = {
+        "default": sum(r["verdict"] == "watermarked" for r in indep),
+        "paper_alpha_0.05": sum(r["verdict_paper_005"] == "watermarked" for r in indep),
+        "paper_alpha_default": sum(r["verdict_paper_default_alpha"] == "watermarked" for r in indep),
+    }
+    detected = {
+        "default": sum(r["verdict"] == "watermarked" for r in positives),
+        "paper_alpha_0.05": sum(r["verdict_paper_005"] == "watermarked" for r in positives),
+    }
+
+    print(f"\nkey of {len(key)} at ε {rep.epsilon:g}; default rule: α={DEFAULT_ALPHA:g}, the key's null "
+          f"(upper bound p={rule.tested.p:.3f}), margin {DEFAULT_MARGIN:g} over the best reference "
+          f"({rule.reference_max:.2f}): claim iff key accuracy ≥ {rule.claim_accuracy:.2f}")  # fmt: skip
+    table(
+        ["suspect", "group", "test acc", "key acc", "p (default)", "verdict (default)", "p (1/2 null)",
+         "1/2 null, α=0.05"],
+        [[r["suspect"], r["group"], f"{r['test_accuracy']:.3f}", f"{r['key_accuracy']:.2f}",
+          f"{r['p_value']:.1e}", r["verdict"], f"{r['p_paper']:.1e}", r["verdict_paper_005"]] for r in rows],
+    )  # fmt: skip
+    print(f"\nROC AUC (watermarked + {len(pos) - 1} derivatives vs {len(neg)} independent, key accuracy): "
+          f"{auc:.3f}; TPR at FPR ≤ 1 %: {tpr:.2f} (cut: key accuracy > {cut:.2f})")  # fmt: skip
+    print(
+        f"claimed independent models: default {claimed['default']}/{len(neg)}, paper null α=0.05 "
+        f"{claimed['paper_alpha_0.05']}/{len(neg)}, paper null α={DEFAULT_ALPHA:g} "
+        f"{claimed['paper_alpha_default']}/{len(neg)}; detected watermarked + derivatives: default "
+        f"{detected['default']}/{len(pos)}, paper null α=0.05 {detected['paper_alpha_0.05']}/{len(pos)}"
+    )
+    total = time.perf_counter() - t_start
+    print(f"total {total:.0f} s")
+
+    report = {
+        "config": {
+            "quick": args.quick,
+            "seed": args.seed,
+            "attacker_seed": args.seed + 1,
+            "threads": args.threads,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "data": "digits",
+            "train_inputs": len(train),
+            "test_inputs": len(test),
+            "owner": {"arch": "lenet", "epochs": OWNER_EPOCHS, "seed": args.seed},
+            "embedding": {**method.config(), "epsilon_used": rep.epsilon, "epsilon_tried": rep.epsilon_tried},
+            "references": {
+                "count": n_refs,
+                "architectures": list(REFERENCE_ARCHITECTURES),
+                "epochs": REFERENCE_EPOCHS,
+                "first_seed": REFERENCE_SEED,
+            },
+            "independent": {"epochs": INDEPENDENT_EPOCHS, "seeds": {a: list(s) for a, s in seeds.items()}},
+            "attacks": {a: {st: STRENGTHS[a][st] for st in strengths} for a in ATTACKS},
+            "alpha": DEFAULT_ALPHA,
+            "margin": DEFAULT_MARGIN,
+            "paper_alpha": PAPER_ALPHA,
+            "machine": machine_info(load_start),
+        },
+        "embedding": rep.to_dict(),
+        "null": {
+            **null.to_dict(),
+            "references": refs,
+            "tested": rule.tested.to_dict(),
+            "claim_key_accuracy": rule.claim_accuracy,
+            "theta": rule.theta,
+            "theta_null": rule.theta_null,
+            "theta_margin": rule.theta_margin,
+        },
+        "suspects": rows,
+        "summary": {
+            "roc_auc": auc,
+            "tpr_at_fpr_1pct": tpr,
+            "cut": cut,
+            "independent": len(neg),
+            "positives": len(pos),
+            "claimed_independent": claimed,
+            "detected_positives": detected,
+        },
+        "timings": {**timings, "total_s": total},
+    }
+    atomic_write_text(args.out, json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
