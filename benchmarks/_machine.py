@@ -1,13 +1,17 @@
-"""The machine a benchmark ran on, recorded beside its results (shared by the HTTP benchmarks)."""
+"""What benchmarks share: the machine they ran on, recorded beside their results, and writing them."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
+
+from nnseal._io import atomic_write_text
 
 
 def machine_info(load_start: tuple[float, float, float]) -> dict[str, Any]:
@@ -21,3 +25,9 @@ def machine_info(load_start: tuple[float, float, float]) -> dict[str, Any]:
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
     }
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON results atomically and say where."""
+    atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {path}")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -46,8 +45,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from _machine import write_report
 
-from nnseal._io import atomic_write_text
 from nnseal.attacks import AttackResult, run_attack
 from nnseal.data import Dataset, load_dataset
 from nnseal.errors import DataError
@@ -295,8 +294,7 @@ def main() -> int:
         },
         "total_seconds": total_s,
     }
-    atomic_write_text(args.out, json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

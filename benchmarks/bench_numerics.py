@@ -37,10 +37,9 @@ from _machine import machine_info
 
 from nnseal._io import atomic_write_text
 from nnseal.attacks import run_attack
-from nnseal.data import load_dataset
 from nnseal.errors import NnsealError
 from nnseal.evaluation import config_from_dict
-from nnseal.evaluation.experiment import Selection, _orders, methods_from_config, selections
+from nnseal.evaluation.experiment import Selection, _orders, load_data, methods_from_config, selections
 from nnseal.evaluation.stats import first_detection, missing_rate_exact, missing_rate_ordered, queries_needed
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods import Method, Pool
@@ -127,13 +126,7 @@ def main() -> int:
     raw = config(args.data, root, args.quick)
     cfg = config_from_dict(raw)
     t0 = time.perf_counter()
-    train = load_dataset(cfg.data.name, cfg.data.root, "train")
-    test = load_dataset(cfg.data.name, cfg.data.root, "test")
-    if cfg.data.train_subset:
-        pick = np.random.default_rng(cfg.seed).choice(
-            len(train), min(cfg.data.train_subset, len(train)), replace=False
-        )
-        train = train.subset(np.sort(pick))
+    train, test = load_data(cfg)
     model = train_model(train, cfg.model.arch, epochs=cfg.model.epochs, seed=cfg.seed, progress=False)
     accuracy = evaluate_accuracy(model, test)
     timings: dict[str, float] = {"train_s": time.perf_counter() - t0}

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import time
 from pathlib import Path
@@ -39,9 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import machine_info
+from _machine import machine_info, write_report
 
-from nnseal._io import atomic_write_text
 from nnseal.attacks import run_attack
 from nnseal.attacks.removal import STRENGTHS
 from nnseal.data import load_dataset
@@ -255,8 +253,7 @@ def main() -> int:
         },
         "timings": {**timings, "total_s": total},
     }
-    atomic_write_text(args.out, json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import machine_info
+from _machine import machine_info, write_report
 
-from nnseal._io import atomic_write_text
 from nnseal.attacks import ATTACKS, run_attack
 from nnseal.attacks.removal import STRENGTHS
 from nnseal.data import load_dataset
@@ -236,8 +234,7 @@ def main() -> int:
         },
         "total_seconds": total_s,
     }
-    atomic_write_text(args.out, json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

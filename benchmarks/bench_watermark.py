@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import sys
@@ -43,9 +42,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from _machine import write_report
 from torch import nn
 
-from nnseal._io import atomic_write_text
 from nnseal.attacks import run_attack
 from nnseal.data import Dataset, load_dataset
 from nnseal.errors import DataError, NnsealError
@@ -423,8 +422,7 @@ def main() -> int:
         "false_claims": claims_rows,
         "timings": {**timings, "total_s": total_s},
     }
-    atomic_write_text(args.out, json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -60,7 +60,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-from tqdm.auto import tqdm
 
 from nnseal.attacks.base import AttackContext, register
 from nnseal.attacks.watermarking import watermark
@@ -478,27 +477,14 @@ def _fit_soft(
     seed: int,
     progress: bool,
 ) -> nn.Module:
-    """Hinton distillation: minimise T² · KL(targets ‖ softmax(logits / T)), Adam, the same seeded
-    schedule as :func:`nnseal.models.train.fit` (which takes only hard labels)."""
-    gen = torch.Generator().manual_seed(seed)
-    xt, pt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(targets, dtype=torch.float32)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = max(1, -(-len(xt) // batch_size))
-    total = max(1, round(epochs * steps_per_epoch))
-    model.train()
-    perm = torch.randperm(len(xt), generator=gen)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for step in tqdm(range(total), desc="distill", disable=not progress, leave=False):
-            if step % steps_per_epoch == 0 and step:
-                perm = torch.randperm(len(xt), generator=gen)
-            idx = perm[(step % steps_per_epoch) * batch_size :][:batch_size]
-            opt.zero_grad()
-            log_q = nn.functional.log_softmax(model(xt[idx]) / temperature, dim=1)
-            loss = nn.functional.kl_div(log_q, pt[idx], reduction="batchmean") * temperature**2
-            loss.backward()
-            opt.step()
-    return model.eval()
+    """Hinton distillation: minimise T² · KL(targets ‖ softmax(logits / T)) with :func:`fit`."""
+
+    def kl(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        log_q = nn.functional.log_softmax(logits / temperature, dim=1)
+        return nn.functional.kl_div(log_q, p, reduction="batchmean") * temperature**2
+
+    return fit(model, x, targets, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, loss=kl,
+               progress=progress, desc="distill")  # fmt: skip
 
 
 def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:

@@ -154,10 +154,8 @@ def _detects(spec: OutputSpec, expected: np.ndarray, answers: np.ndarray) -> np.
     return (spec.encode(expected) != spec.encode(answers)).any(axis=1)
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Results, dict[str, Pool]]:
-    """Run everything the config asks for; returns results (JSON-ready) and the pools (for images)."""
-    t_start = time.perf_counter()
-    ev, specs = cfg.evaluation, [OutputSpec.parse(s) for s in cfg.evaluation.specs]
+def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
+    """The config's train split (its seeded ``train_subset``, when set) and test split."""
     train = load_dataset(cfg.data.name, cfg.data.root, "train")
     test = load_dataset(cfg.data.name, cfg.data.root, "test")
     if cfg.data.train_subset:
@@ -165,6 +163,14 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
             len(train), min(cfg.data.train_subset, len(train)), replace=False
         )
         train = train.subset(np.sort(pick))
+    return train, test
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Results, dict[str, Pool]]:
+    """Run everything the config asks for; returns results (JSON-ready) and the pools (for images)."""
+    t_start = time.perf_counter()
+    ev, specs = cfg.evaluation, [OutputSpec.parse(s) for s in cfg.evaluation.specs]
+    train, test = load_data(cfg)
     model = (
         load_model(cfg.model.path)
         if cfg.model.path

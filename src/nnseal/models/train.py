@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,16 +56,21 @@ def fit(
     seed: int = 0,
     params: list[nn.Parameter] | None = None,
     optimizer: str = "adam",
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
     desc: str = "train",
 ) -> nn.Module:
-    """Minimise cross-entropy on (x, y) with Adam or SGD (momentum 0.9); ``epochs`` may be fractional."""
+    """Minimise ``loss(logits, y)`` on (x, y) with Adam or SGD (momentum 0.9); ``epochs`` may be
+    fractional. The default loss is cross-entropy on integer labels; another loss takes ``y`` as
+    float targets (distillation: soft labels)."""
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be adam or sgd, got {optimizer!r}")
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"need as many labels as inputs, and at least one (got {len(x)} and {len(y)})")
     gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.int64 if loss is None else torch.float32)
+    loss = loss or nn.functional.cross_entropy
     trainable = params if params is not None else list(model.parameters())
     opt = torch.optim.Adam(trainable, lr=lr) if optimizer == "adam" else torch.optim.SGD(trainable, lr, 0.9)
     steps_per_epoch = max(1, -(-len(xt) // batch_size))
@@ -78,7 +84,7 @@ def fit(
                 perm = torch.randperm(len(xt), generator=gen)
             idx = perm[(step % steps_per_epoch) * batch_size :][:batch_size]
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            loss(model(xt[idx]), yt[idx]).backward()
             opt.step()
     return model.eval()
 
