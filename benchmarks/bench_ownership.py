@@ -1,30 +1,40 @@
 """Benchmark: ownership claims with the default (calibrated) null never accuse an innocent model.
 
-On scikit-learn digits (1,437 training / 360 test images, 8×8):
+On scikit-learn digits (the default; 1,437 training / 360 test images, 8×8), MNIST or GTSRB
+(``--data``; seeded random ``--train-subset`` / ``--test-subset`` images of the two splits):
 
-1. Trains the owner's LeNet (seed 0, 20 epochs) and watermarks it with the defaults of
-   ``watermark embed``: a 100-input key, ε = auto, and the null calibrated on 8 reference models
-   (LeNet and MLP in turn, seeds 1000–1007, 20 epochs) stored in the key — the cost of that
+1. Trains the owner's LeNet (seed 0, ``--epochs``) and watermarks it with the defaults of
+   ``watermark embed``: a ``--key-size`` key (100), ε = auto, and the null calibrated on 8 reference
+   models (LeNet and MLP in turn, seeds 1000–1007, ``--epochs``) stored in the key — the cost of that
    calibration is the ``calibration`` timing.
 2. Suspects: the watermarked model; its derivatives by the registered removal attacks ``ftll``,
    ``ftal``, ``rtal``, ``fine-pruning``, ``distill``, ``extract-labels`` and ``overwrite`` at the
-   light and strong settings of ``nnseal.attacks.removal.STRENGTHS`` (attacker seed 1); the owner's
-   source model before embedding (reported, not scored); and 20 independently trained models
-   (LeNet and MLP, seeds 1–10 each, 20 epochs), held out from calibration.
+   light and strong settings of ``nnseal.attacks.removal.STRENGTHS`` (attacker seed 1, on the same
+   training subset); the owner's source model before embedding (reported, not scored); and 20
+   independently trained models (LeNet and MLP, seeds 1–10 each, ``--epochs``), held out from
+   calibration.
 3. Verifies every suspect with ``verify_watermark`` at the defaults (the key's null, α = 1e-3, margin
    0.05) and, for comparison, under the paper's Binomial(ℓ, 1/2) null at α = 0.05 and at 1e-3.
    Scores the key accuracy: ROC AUC of watermarked + derivatives (positives) against the independent
    models (negatives), TPR at FPR ≤ 1 % (no negative above the cut), and how many independent models
    each rule claims (the default must claim none).
 
-Prints the table and writes ``benchmarks/results/bench_ownership.json``.
+Prints the table and writes ``benchmarks/results/bench_ownership.json`` (digits) or
+``bench_ownership_<data>.json``; every choice is in its ``config``.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_ownership.py           # about 4 min on 2 idle cores
-    .venv/bin/python benchmarks/bench_ownership.py --quick   # 4 references, 6 independents, light attacks
+    .venv/bin/python benchmarks/bench_ownership.py              # digits, about 4 min on 2 idle cores
+    .venv/bin/python benchmarks/bench_ownership.py --quick      # 4 references, 6 independents, light attacks
+    .venv/bin/python benchmarks/bench_ownership.py --data mnist # 10,000 train / 3,000 test, 3 epochs
+    .venv/bin/python benchmarks/bench_ownership.py --data gtsrb # 12,000 train / 3,000 test, 6 epochs
 
-Options: ``--seed``, ``--threads`` (default 2), ``--out PATH``.
+Options: ``--data {digits,mnist,gtsrb}``, ``--data-root PATH`` (default ``../shared/data/<data>``
+from the repository root), ``--train-subset N`` / ``--test-subset N`` (seeded random images of the
+split; 0: all of it), ``--epochs`` (owner,
+references and independents; defaults in :data:`DATA_DEFAULTS`), ``--key-size``, ``--seed``,
+``--strengths light [strong]`` (default both; ``--quick``: light), ``--threads`` (default 2),
+``--out PATH``.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from _machine import machine_info, write_report
 
 from nnseal.attacks import run_attack
 from nnseal.attacks.removal import STRENGTHS
-from nnseal.data import load_dataset
+from nnseal.data import Dataset, load_dataset
 from nnseal.methods.frontier import FrontierStitching
 from nnseal.models.train import evaluate_accuracy, train_model
 from nnseal.targets import TorchTarget
@@ -60,8 +70,14 @@ from nnseal.watermark import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-OWNER_EPOCHS = 20.0
-INDEPENDENT_EPOCHS = 20.0
+DATA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": {"train_subset": 0, "test_subset": 0, "epochs": REFERENCE_EPOCHS},
+    "mnist": {"train_subset": 10_000, "test_subset": 3_000, "epochs": 3.0},
+    "gtsrb": {"train_subset": 12_000, "test_subset": 3_000, "epochs": 6.0},
+}
+"""Per dataset: training and test images used (0: all) and epochs of the owner, reference and
+independent models — sized so a full run fits about 30 minutes on 2 busy cores (each attack measures
+accuracy and fidelity on the test images, which dominates its cost on a 10k test split)."""
 INDEPENDENT_SEEDS = {"lenet": range(1, 11), "mlp": range(1, 11)}
 QUICK_SEEDS = {"lenet": range(1, 4), "mlp": range(1, 4)}
 ATTACKS = ("ftll", "ftal", "rtal", "fine-pruning", "distill", "extract-labels", "overwrite")
@@ -71,10 +87,42 @@ PAPER_ALPHA = 0.05
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="4 references, 6 independent models, light attacks")
+    p.add_argument("--data", choices=tuple(DATA_DEFAULTS), default="digits")
+    p.add_argument("--data-root", type=Path, help="the dataset's folder (default: ../shared/data/<data>)")
+    p.add_argument("--train-subset", type=int, help="seeded random training images (0: all)")
+    p.add_argument("--test-subset", type=int, help="seeded random test images (0: all)")
+    p.add_argument("--epochs", type=float, help="owner/reference/independent epochs (per-data default)")
+    p.add_argument("--key-size", type=int, default=100)
+    p.add_argument("--strengths", nargs="+", choices=("light", "strong"), help="default: both")
     p.add_argument("--seed", type=int, default=0, help="the owner's model and embedding seed")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bench_ownership.json")
-    return p.parse_args()
+    p.add_argument("--out", type=Path, help="default: benchmarks/results/bench_ownership[_<data>].json")
+    args = p.parse_args()
+    defaults = DATA_DEFAULTS[args.data]
+    for name in ("train_subset", "test_subset"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    args.epochs = defaults["epochs"] if args.epochs is None else args.epochs
+    if args.data_root is None and args.data != "digits":
+        args.data_root = REPO.parent / "shared" / "data" / args.data
+    if args.out is None:
+        suffix = "" if args.data == "digits" else f"_{args.data}"
+        args.out = REPO / "benchmarks" / "results" / f"bench_ownership{suffix}.json"
+    if args.train_subset < 0 or args.test_subset < 0 or args.epochs <= 0:
+        p.error("--train-subset and --test-subset must be >= 0, --epochs > 0")
+    return args
+
+
+def load(args: argparse.Namespace) -> tuple[Dataset, Dataset, dict[str, int]]:
+    """The training and test subsets (seeded by ``--seed``), and the sizes of the whole splits."""
+    rng = np.random.default_rng(args.seed)
+    out, totals = [], {}
+    for split, n in (("train", args.train_subset), ("test", args.test_subset)):
+        full = load_dataset(args.data, args.data_root, split=split)
+        totals[split] = len(full)
+        keep = n and n < len(full)
+        out.append(full.subset(np.sort(rng.choice(len(full), n, replace=False))) if keep else full)
+    return out[0], out[1], totals
 
 
 def table(header: list[str], rows: list[list[str]]) -> None:
@@ -102,24 +150,26 @@ def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
     t_start, load_start = time.perf_counter(), os.getloadavg()
-    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    train, test, totals = load(args)
+    print(f"{args.data}: {len(train)} of {totals['train']} training images, {len(test)} of {totals['test']} "
+          f"test; {args.epochs:g} epochs", flush=True)  # fmt: skip
     n_refs = 4 if args.quick else DEFAULT_REFERENCES
     seeds = QUICK_SEEDS if args.quick else INDEPENDENT_SEEDS
-    strengths = ("light",) if args.quick else ("light", "strong")
+    strengths = tuple(args.strengths or (("light",) if args.quick else ("light", "strong")))
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    owner = train_model(train, "lenet", epochs=OWNER_EPOCHS, seed=args.seed, progress=False)
+    owner = train_model(train, "lenet", epochs=args.epochs, seed=args.seed, progress=False)
     timings["owner_training"] = time.perf_counter() - t
     t = time.perf_counter()
-    method = FrontierStitching(seed=args.seed)  # the defaults: key 100, ε auto
+    method = FrontierStitching(key_size=args.key_size, seed=args.seed)  # the other defaults: ε auto
     marked, key, rep = method.embed(owner, train, test=test)
     timings["embedding"] = time.perf_counter() - t
     print(f"embedded: ε {rep.epsilon:g} (tried {rep.epsilon_tried}), key {rep.key_accuracy_after:.2f}, test "
           f"accuracy {rep.accuracy_before:.4f} → {rep.accuracy_after:.4f} ({timings['embedding']:.1f} s)",
           flush=True)  # fmt: skip
     t = time.perf_counter()
-    key, null = calibrate_key(key, train, count=n_refs)
+    key, null = calibrate_key(key, train, count=n_refs, epochs=args.epochs)
     timings["calibration"] = time.perf_counter() - t
     refs = key.provenance["null"]["references"]
     rule = claim_rule(len(key), DEFAULT_ALPHA, null, DEFAULT_MARGIN)
@@ -146,7 +196,7 @@ def main() -> int:
     t = time.perf_counter()
     for arch, arch_seeds in seeds.items():
         for s in arch_seeds:
-            m = train_model(train, arch, epochs=INDEPENDENT_EPOCHS, seed=s, progress=False)
+            m = train_model(train, arch, epochs=args.epochs, seed=s, progress=False)
             suspects.append({"suspect": f"{arch} seed {s}", "group": "independent", "model": m, "arch": arch,
                              "seed": s})  # fmt: skip
     timings["independent_training"] = time.perf_counter() - t
@@ -213,18 +263,25 @@ def main() -> int:
             "attacker_seed": args.seed + 1,
             "threads": args.threads,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "data": "digits",
+            "data": args.data,
+            "data_root": str(args.data_root) if args.data_root else None,
+            "train_subset": args.train_subset,
+            "test_subset": args.test_subset,
+            "subset_seed": args.seed,
+            "train_total": totals["train"],
+            "test_total": totals["test"],
             "train_inputs": len(train),
             "test_inputs": len(test),
-            "owner": {"arch": "lenet", "epochs": OWNER_EPOCHS, "seed": args.seed},
+            "owner": {"arch": "lenet", "epochs": args.epochs, "seed": args.seed},
             "embedding": {**method.config(), "epsilon_used": rep.epsilon, "epsilon_tried": rep.epsilon_tried},
             "references": {
                 "count": n_refs,
                 "architectures": list(REFERENCE_ARCHITECTURES),
-                "epochs": REFERENCE_EPOCHS,
+                "epochs": args.epochs,
                 "first_seed": REFERENCE_SEED,
             },
-            "independent": {"epochs": INDEPENDENT_EPOCHS, "seeds": {a: list(s) for a, s in seeds.items()}},
+            "independent": {"epochs": args.epochs, "seeds": {a: list(s) for a, s in seeds.items()}},
+            "strengths": list(strengths),
             "attacks": {a: {st: STRENGTHS[a][st] for st in strengths} for a in ATTACKS},
             "alpha": DEFAULT_ALPHA,
             "margin": DEFAULT_MARGIN,
