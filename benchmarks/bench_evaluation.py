@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/bench_evaluation.py mnist            # full (see README for timing)
     .venv/bin/python benchmarks/bench_evaluation.py mnist --quick    # small pool, 1 seed: a fast look
     .venv/bin/python benchmarks/bench_evaluation.py gtsrb [--quick]
-    .venv/bin/python benchmarks/bench_evaluation.py cifar10 --root PATH/cifar-10-batches-py
+    .venv/bin/python benchmarks/bench_evaluation.py cifar10 [--root DEST]   # after scripts/fetch-cifar10.sh
 
-Runs ``nnseal evaluate`` on ``benchmarks/configs/<dataset>.toml`` (CIFAR-10 reuses the GTSRB
-settings with a VGG-style net; its files are not in ../shared/data), prints the report's tables and
-writes results.json / curves.csv / report.md / plots under benchmarks/results/eval-<dataset>[-quick].
+Runs ``nnseal evaluate`` on ``benchmarks/configs/<dataset>.toml`` (CIFAR-10's files are not in
+../shared/data: ``bash scripts/fetch-cifar10.sh benchmarks/data`` makes them), prints the report's
+tables and writes results.json / curves.csv / report.md / plots under
+benchmarks/results/eval-<dataset>[-quick].
 """
 
 from __future__ import annotations
@@ -35,11 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = load_config(HERE / "configs" / f"{'gtsrb' if args.dataset == 'cifar10' else args.dataset}.toml")
-    if args.dataset == "cifar10":
-        cfg.name, cfg.data.name, cfg.model.arch = "cifar10", "cifar10", "vgg"
-        cfg.out = str(HERE / "results" / "eval-cifar10")
-        cfg.attacks = [a for a in cfg.attacks if a.kind == "quantize-bits"]
+    cfg = load_config(HERE / "configs" / f"{args.dataset}.toml")
     if args.root:
         cfg.data.root = args.root
     if args.quick:

@@ -13,7 +13,9 @@ a huge body, a trickle, a stall, odd encodings).
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import json
 import math
 import re
@@ -29,7 +31,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+from PIL import Image
 
+from nnseal.grid import from_pixels
 from nnseal.targets import Target
 
 FAULTS = (
@@ -62,8 +66,10 @@ class FakeServer:
         slow_sleep: float = 0.02,
         retry_after: str = "0",
         tls: ssl.SSLContext | None = None,
+        png_levels: int = 16,
     ) -> None:
         self.target, self.class_names, self.v2_output = target, class_names, v2_output
+        self.png_levels = png_levels
         self.timeout_sleep, self.slow_sleep, self.retry_after = timeout_sleep, slow_sleep, retry_after
         self.fault: Callable[[], str | None] = lambda: None
         self.fired = self.in_flight = self.max_in_flight = 0
@@ -85,6 +91,11 @@ class FakeServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
+    def png(self, b64: str) -> np.ndarray:
+        """A base64 PNG as the model's input (C, H, W): its integer pixels / ``png_levels``."""
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+        return from_pixels(img[None] if img.ndim == 2 else img.transpose(2, 0, 1), self.png_levels)
+
     def probs(self, x: np.ndarray) -> np.ndarray:
         with self._lock:  # one model call at a time, as a single-worker server would
             return self.target.predict(x).astype(np.float64)
@@ -93,7 +104,10 @@ class FakeServer:
         """The JSON answer for ``body`` posted to ``path``, corrupted as ``fault`` asks."""
         if re.fullmatch(r"/v2/models/digits(/versions/[^/]+)?/infer", path):
             inp = body["inputs"][0]
-            x = np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
+            if inp["datatype"] == "BYTES":  # base64 PNGs of integer pixels k; the model sees k / levels
+                x = np.stack([self.png(b) for b in inp["data"]])
+            else:
+                x = np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
             p = self._corrupt(self.probs(x), fault)
             if self.v2_output == "label-names":
                 names = [
@@ -106,11 +120,9 @@ class FakeServer:
             return {"outputs": [{"name": "out", "shape": list(v.shape), "datatype": "FP64",
                                  "data": v.ravel().tolist()}]}  # fmt: skip
         if re.fullmatch(r"/v1/models/[^/:]+(/versions/[^/:]+)?:predict", path):
-            return {
-                "predictions": self._corrupt(
-                    self.probs(np.asarray(body["instances"], np.float32)), fault
-                ).tolist()
-            }
+            inst = body["instances"]
+            x = np.stack([self.png(i["b64"]) for i in inst]) if isinstance(inst[0], dict) else inst
+            return {"predictions": self._corrupt(self.probs(np.asarray(x, np.float32)), fault).tolist()}
         if re.fullmatch(r"/predictions/[^/]+(/[^/]+)?", path):
             p = self._corrupt(self.probs(np.asarray([body["data"]], np.float32)), fault)[0]
             top = np.argsort(-p)[:3]

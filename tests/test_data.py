@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nnseal import data as data_mod
 from nnseal.data import DATASETS, Dataset, load_dataset
@@ -292,6 +294,77 @@ def test_cifar_refuses_code_in_pickle(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"refusing to load .*test_batch: global \w+\.system is not allowed"):
         load_dataset("cifar10", tmp_path, "test")
     assert not marker.exists()
+
+
+def write_cifar_bin(path: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A binary-version batch of ``n`` records, as the official files and the fetch script write them."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    y = rng.integers(0, 10, n, dtype=np.uint8)
+    path.write_bytes(np.concatenate([y[:, None], x.reshape(n, -1)], 1).tobytes())
+    return x, y
+
+
+def test_cifar_binary_version(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-bin"  # the fetch script's layout under DEST
+    folder.mkdir()
+    written = [write_cifar_bin(folder / f"data_batch_{i}.bin", 2, i) for i in range(1, 6)]
+    xt, yt = write_cifar_bin(folder / "test_batch.bin", 3, 9)
+    train = load_dataset("cifar10", tmp_path, verify_checksums=False)  # found below the parent
+    assert train.x.shape == (10, 3, 32, 32) and train.x.dtype == np.float32 and train.levels == 255
+    assert np.array_equal(np.rint(train.x[2] * 255).astype(np.uint8), written[1][0][0])  # planes in CHW
+    assert list(train.y) == [int(v) for _, y in written for v in y]
+    assert train.classes == (
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    )
+    (folder / "batches.meta.txt").write_text("\n".join(f"k{i}" for i in range(10)) + "\n\n")
+    test = load_dataset("cifar10", folder, "test", verify_checksums=False)
+    assert np.array_equal(np.rint(test.x * 255).astype(np.uint8), xt) and list(test.y) == list(yt)
+    assert test.classes == tuple(f"k{i}" for i in range(10))
+    with pytest.raises(DataError, match=r"test_batch\.bin md5 mismatch"):  # not the official file
+        load_dataset("cifar10", folder, "test")
+
+
+def test_cifar_binary_malformed(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"expected the binary version \(test_batch.bin\) or the python"):
+        load_dataset("cifar10", tmp_path, "test")
+    write_cifar_bin(tmp_path / "test_batch.bin", 2, 0)
+    raw = (tmp_path / "test_batch.bin").read_bytes()
+    (tmp_path / "test_batch.bin").write_bytes(raw[:-1])
+    with pytest.raises(DataError, match="not a whole number of 3073-byte records"):
+        load_dataset("cifar10", tmp_path, "test", verify_checksums=False)
+    (tmp_path / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="has 0 bytes"):
+        load_dataset("cifar10", tmp_path, "test", verify_checksums=False)
+    (tmp_path / "test_batch.bin").write_bytes(bytes([10]) + raw[1:])
+    with pytest.raises(DataError, match=r"labels must lie in 0..9, got up to 10"):
+        load_dataset("cifar10", tmp_path, "test", verify_checksums=False)
+    (tmp_path / "test_batch.bin").write_bytes(raw)
+    (tmp_path / "batches.meta.txt").write_text("a\nb\n")
+    with pytest.raises(DataError, match="must name 10 classes"):
+        load_dataset("cifar10", tmp_path, "test", verify_checksums=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=4 * 3073))
+def test_cifar_binary_any_bytes(tmp_path_factory: pytest.TempPathFactory, payload: bytes) -> None:
+    """Whatever a batch file holds, loading gives a valid dataset or a DataError."""
+    folder = tmp_path_factory.mktemp("cifar")
+    (folder / "test_batch.bin").write_bytes(payload)
+    try:
+        ds = load_dataset("cifar10", folder, "test", verify_checksums=False)
+    except DataError:
+        return
+    assert len(payload) == 3073 * len(ds) and ds.y.max() <= 9
 
 
 # --------------------------------------------------------------------------- PGM (att-faces)

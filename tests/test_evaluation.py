@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import json
 from math import comb
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,17 @@ def test_config_errors(tmp_path) -> None:
         load_config(tmp_path / "bad.toml")
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "missing.toml")])
     assert r.exit_code == 2 and "cannot read config" in r.stderr
+    cifar = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "cifar10.toml"
+    r = CliRunner().invoke(main, ["evaluate", str(cifar), "--root", str(tmp_path / "nowhere"), "--quiet"])
+    assert r.exit_code == 2 and f"dataset folder {tmp_path / 'nowhere'} does not exist" in r.stderr
+
+
+def test_cifar10_config_parses() -> None:
+    """The benchmark config reads the folder the fetch script makes and evaluates a VGG."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "cifar10.toml")
+    assert cfg.data.name == "cifar10" and cfg.model.arch == "vgg"
+    assert Path(cfg.data.root).name == "data" and cfg.markers.strategies
+    assert {a.paper for a in cfg.attacks} == {"trojan", "error-generic", "error-specific", "compression"}
 
 
 def test_example_config_parses_with_paths_relative_to_it() -> None:

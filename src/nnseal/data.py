@@ -9,9 +9,11 @@ Formats read:
 - ``mnist``, ``fashion-mnist``: IDX files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` gzipped
   (``.gz``) or raw; ``train-images.idx3-ubyte`` naming is accepted too. A big-endian header
   (magic 2051 images / 2049 labels, then the dimensions) is followed by the uint8 payload.
-- ``cifar10``: the "python version" batches ``data_batch_1..5`` / ``test_batch`` (+ ``batches.meta``):
-  pickled dicts with bytes keys, ``b"data"`` uint8 (N, 3072) and ``b"labels"``. They are read with a
-  restricted unpickler that only builds plain containers and numpy arrays.
+- ``cifar10``: the "binary version" ``data_batch_1..5.bin`` / ``test_batch.bin`` (+ ``batches.meta.txt``):
+  records of one label byte and 3,072 pixel bytes (R, G, B planes, 32x32 row-major) — what
+  ``scripts/fetch-cifar10.sh`` writes; or the "python version" ``data_batch_1..5`` / ``test_batch``
+  (+ ``batches.meta``): pickled dicts with bytes keys, ``b"data"`` uint8 (N, 3072) and ``b"labels"``,
+  read with a restricted unpickler that only builds plain containers and numpy arrays.
 - ``gtsrb``: ``gtsrb32_{train,test}_x.npy[.xz]`` uint8 (N, 32, 32, 3) RGB and ``gtsrb32_{split}_y.npy``
   ClassIds 0..42, read with ``allow_pickle=False``. Class names come from ``signnames.csv`` if present.
 - ``att-faces``: the AT&T/ORL layout ``sK/1.pgm .. 10.pgm`` (binary PGM "P5", 92x112), label K-1.
@@ -48,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from nnseal.errors import DataError
+from nnseal.grid import DEFAULT_LEVELS, check_levels
 
 __all__ = ["DATASETS", "SPLITS", "Dataset", "load_dataset"]
 
@@ -91,6 +94,14 @@ _KNOWN_MD5: dict[str, dict[str, str]] = {
         "gtsrb32_test_y.npy": "41a898dcba8a0559780c4872a4d7dda3",
     },
     "olivetti": {"olivetti_py3.pkz": "a04f451e0599f366eef33a3646a1492f"},
+    "cifar10": {  # the binary version, as in cifar-10-binary.tar.gz
+        "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",
+        "data_batch_2.bin": "5ea93a67294ea407fff1d09f752e9692",
+        "data_batch_3.bin": "942cd6a4bcdd0dd3c604fbe906cb4421",
+        "data_batch_4.bin": "ae636b3ba5c66a11e91e8cb52e771fcb",
+        "data_batch_5.bin": "53f37980c15c3d472c316c40844f3f0d",
+        "test_batch.bin": "803d5f7f4d78ea53de84dbe85f74fb6d",
+    },
 }
 
 # Item counts of the official releases (olivetti's fixed shape is checked when it is loaded).
@@ -106,7 +117,7 @@ _KNOWN_COUNTS: dict[str, dict[str, int]] = {
 _SUBFOLDERS: dict[str, tuple[str, ...]] = {
     "mnist": ("mnist", "MNIST/raw"),
     "fashion-mnist": ("fashion-mnist", "FashionMNIST/raw"),
-    "cifar10": ("cifar-10-batches-py", "cifar10"),
+    "cifar10": ("cifar-10-batches-bin", "cifar-10-batches-py", "cifar10", "cifar10/cifar-10-batches-bin"),
     "gtsrb": ("gtsrb",),
     "att-faces": ("att_faces", "att-faces"),
     "olivetti": ("olivetti",),
@@ -139,9 +150,16 @@ class Dataset:
     x: np.ndarray
     y: np.ndarray
     classes: tuple[str, ...]
+    levels: int = DEFAULT_LEVELS
+    """The pixel grid: values are k / levels (8-bit images 255; scikit-learn's digits 16). Queries made
+    from the data are rounded to it (:mod:`nnseal.grid`)."""
 
     def __post_init__(self) -> None:
         x, y = self.x, self.y
+        try:
+            object.__setattr__(self, "levels", check_levels(self.levels))
+        except ValueError as exc:
+            raise DataError(f"dataset {self.name!r}: {exc}") from None
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
             raise DataError(
                 f"dataset {self.name!r}: x must be a float32 (N, C, H, W) array, got {_describe(x)}"
@@ -182,7 +200,7 @@ class Dataset:
             if idx.ndim != 1 or not (idx.dtype == np.bool_ or np.issubdtype(idx.dtype, np.integer)):
                 raise DataError(f"dataset {self.name!r}: subset needs a 1-D integer/boolean index or a slice")
         try:
-            return Dataset(self.name, self.x[idx], self.y[idx], self.classes)
+            return Dataset(self.name, self.x[idx], self.y[idx], self.classes, self.levels)
         except IndexError as exc:
             raise DataError(
                 f"dataset {self.name!r} has {len(self)} items: bad subset index ({exc})"
@@ -315,7 +333,7 @@ def _load_digits(split: str) -> Dataset:
     train, test = train_test_split(np.arange(len(d.target)), test_size=0.2, stratify=d.target, random_state=0)
     sel = np.sort(train if split == "train" else test)
     x = (d.images[sel] / 16.0).astype(np.float32)[:, None]
-    return Dataset("digits", np.ascontiguousarray(x), _labels(d.target[sel]), _DIGIT_CLASSES)
+    return Dataset("digits", np.ascontiguousarray(x), _labels(d.target[sel]), _DIGIT_CLASSES, levels=16)
 
 
 # --------------------------------------------------------------------------- IDX (mnist, fashion-mnist)
@@ -405,18 +423,54 @@ def _cifar_classes(folder: Path) -> tuple[str, ...]:
     return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
 
 
-def _load_cifar10(name: str, folder: Path, split: str, verify: bool) -> Dataset:
-    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def _cifar_bin(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One binary-version batch: records of <label byte><R, G, B planes>."""
+    _check_md5("cifar10", path, verify)
+    buf = _read_bytes("cifar10", path)
+    if not buf or len(buf) % _CIFAR_RECORD:
         raise DataError(
-            f"cifar10: file not found in {folder}: {', '.join(missing)} (expected {', '.join(files)})"
+            f"cifar10: {path} has {len(buf)} bytes, not a whole number of {_CIFAR_RECORD}-byte records "
+            "(1 label byte + 3072 pixel bytes)"
         )
-    batches = [_cifar_batch(folder / f) for f in files]
+    rec = np.frombuffer(buf, np.uint8).reshape(-1, _CIFAR_RECORD)
+    if rec[:, 0].max() > 9:
+        raise DataError(f"cifar10: {path}: labels must lie in 0..9, got up to {rec[:, 0].max()}")
+    return rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0]
+
+
+def _cifar_bin_classes(folder: Path) -> tuple[str, ...]:
+    path = folder / "batches.meta.txt"
+    if not path.is_file():
+        return _CIFAR_CLASSES
+    names = tuple(n.strip() for n in _read_bytes("cifar10", path).decode("utf-8", "replace").splitlines())
+    names = tuple(n for n in names if n)
+    if len(names) != 10:
+        raise DataError(f"cifar10: {path} must name 10 classes, one a line (found {len(names)})")
+    return names
+
+
+def _load_cifar10(name: str, folder: Path, split: str, verify: bool) -> Dataset:
+    stems = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    binary = [f"{s}.bin" for s in stems]
+    if all((folder / f).is_file() for f in binary):
+        batches = [_cifar_bin(folder / f, verify) for f in binary]
+        classes = _cifar_bin_classes(folder)
+    elif all((folder / f).is_file() for f in stems):
+        batches = [_cifar_batch(folder / f) for f in stems]
+        classes = _cifar_classes(folder)
+    else:
+        raise DataError(
+            f"cifar10: the {split} files are not in {folder}: expected the binary version "
+            f"({', '.join(binary)}) or the python version ({', '.join(stems)}); "
+            "scripts/fetch-cifar10.sh DEST makes the binary version"
+        )
     x = np.concatenate([b[0] for b in batches])
     y = np.concatenate([b[1] for b in batches])
     _check_count(name, split, len(y), folder, verify)
-    return Dataset(name, _to_unit_float(x), _labels(y), _cifar_classes(folder))
+    return Dataset(name, _to_unit_float(x), _labels(y), classes)
 
 
 # --------------------------------------------------------------------------- gtsrb

@@ -36,6 +36,7 @@ from safetensors.numpy import save as st_save
 
 from nnseal._io import atomic_write_bytes, parse_json, safetensors_metadata
 from nnseal.errors import FingerprintError
+from nnseal.grid import DEFAULT_LEVELS, check_levels
 from nnseal.outputs import OutputSpec
 from nnseal.signing import NOT_LOADED, Signature, SigningKeys, Trust, signature_block_json
 
@@ -59,6 +60,8 @@ class Fingerprint:
     labels: np.ndarray | None = None
     serving: list[str] = field(default_factory=lambda: ["cpu-fp32"])
     """The serving environments the answers were checked to survive (:mod:`nnseal.numerics`)."""
+    levels: int = DEFAULT_LEVELS
+    """The pixel grid of the data the queries were made from (values k / levels; :mod:`nnseal.grid`)."""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
     signature: Signature = field(default=NOT_LOADED, compare=False)
@@ -100,6 +103,10 @@ class Fingerprint:
             raise FingerprintError(f"an output spec compares more labels than the {p.shape[1]} classes")
         self.specs = [str(s) for s in specs]
         self.serving = _check_serving(self.serving)
+        try:
+            self.levels = check_levels(self.levels)
+        except ValueError as e:
+            raise FingerprintError(str(e)) from None
 
     @property
     def id(self) -> str:
@@ -130,6 +137,7 @@ class Fingerprint:
             "model_id": self.model_id,
             "specs": self.specs,
             "serving": self.serving,
+            "levels": self.levels,
             "provenance": self.provenance,
             "created": self.created,
             "n_queries": len(self),
@@ -232,6 +240,7 @@ class Fingerprint:
                 seeds=tensors.get("seeds"),
                 labels=tensors.get("labels"),
                 serving=h.get("serving", ["cpu-fp32"]),
+                levels=h.get("levels", DEFAULT_LEVELS),
                 created=str(h.get("created", "")),
                 schema_version=version,
                 signature=signature,

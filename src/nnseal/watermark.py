@@ -458,9 +458,20 @@ def calibrate_key(
     return attach_null(key, null, descs), null
 
 
+KEY_METHODS = (METHOD, "conferrable")
+"""Methods whose keys are verified here: a Frontier-Stitching watermark key, or a Conferrable
+Adversarial Examples fingerprint (:mod:`nnseal.methods.conferrable`; the same labels-agreement test)."""
+
+
 def _check_key(key: Fingerprint) -> None:
-    if key.method != METHOD or key.labels is None:
-        raise NnsealError(f"not a {METHOD} watermark key (method {key.method!r}, labels missing)")
+    if key.method not in KEY_METHODS or key.labels is None:
+        raise NnsealError(
+            f"not a {METHOD} watermark key or a conferrable fingerprint (method {str(key.method)[:40]!r}, "
+            f"labels {'missing' if key.labels is None else 'present'})"
+        )
+    if key.method != METHOD and not np.array_equal(key.labels, key.probabilities.argmax(1)):
+        # a fingerprint's labels are the source's own answers: labels that differ were edited
+        raise NnsealError(f"not a valid {key.method} key: its labels are not the source's recorded answers")
 
 
 def verify_watermark(

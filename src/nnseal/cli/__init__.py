@@ -5,7 +5,7 @@ One module per group of commands; :mod:`nnseal.cli.app` holds the group and how 
 target options. Importing this package registers every command on :data:`main`.
 """
 
-from nnseal.cli import attacks, experiments, integrity, models, ownership  # noqa: F401  (registers commands)
+from nnseal.cli import attacks, experiments, integrity, models, ownership, protect  # noqa: F401  (registers commands)
 from nnseal.cli.app import INPUT_ERROR, INTERNAL_ERROR, Interrupted, main
 
 __all__ = ["INPUT_ERROR", "INTERNAL_ERROR", "Interrupted", "main"]

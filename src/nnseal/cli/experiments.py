@@ -25,8 +25,11 @@ def demo(out: Path, seed: int, quiet: bool) -> None:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the config's).")
+@click.option(
+    "--root", type=click.Path(path_type=Path), help="Dataset folder (default: the config's [data] root)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate(config: Path, out: Path | None, quiet: bool) -> None:
+def evaluate(config: Path, out: Path | None, root: Path | None, quiet: bool) -> None:
     """Run the experiment in CONFIG (TOML): methods × attacks × budgets × output specs.
 
     Writes results.json, curves.csv, plots and report.md. Relative paths in the config are taken
@@ -38,5 +41,7 @@ def evaluate(config: Path, out: Path | None, quiet: bool) -> None:
     cfg = load_config(config)
     if out is not None:
         cfg.out = str(out)
+    if root is not None:
+        cfg.data.root = str(root)
     results = run(cfg, progress=not quiet)
     click.echo(f"wrote {Path(cfg.out) / 'report.md'} ({results.timings['total_s']:.0f} s)")

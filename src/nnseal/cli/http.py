@@ -18,7 +18,7 @@ from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
 from nnseal.targets.base import Target
 from nnseal.targets.http import PROTOCOLS, TOKEN_ENV
-from nnseal.targets.protocols import ANSWER_KINDS
+from nnseal.targets.protocols import ANSWER_KINDS, INPUT_FORMATS
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class HttpConfig:
     api_path: str | None = None
     request_template: str | None = None
     response_path: str | None = None
+    send: str = "array"
     returns: str = "probabilities"
     class_names: str | None = None
     max_batch: int = 64
@@ -77,6 +78,8 @@ class HttpConfig:
             template=self.request_template,
             response_path=self.response_path,
         )
+        if self.send == "png":
+            protocol.send_png(fp.levels)
         headers, names = _headers(self.headers), _class_names(self.class_names)
         decoys = self._decoys(fp) if self.stealth else None
         url = self.url
@@ -150,6 +153,14 @@ _OPTIONS = [
     click.option("--path", "api_path", help="json protocol: request path, e.g. /predict."),
     click.option("--request-template", help='json protocol: JSON body with "$inputs" for the batch.'),
     click.option("--response-path", help="json protocol: where the answers are, e.g. predictions.*.probs."),
+    click.option(
+        "--send",
+        type=click.Choice(INPUT_FORMATS),
+        default="array",
+        show_default=True,
+        help="How inputs travel: numbers, or base64 PNG files of the data's integer pixels "
+        "(V2 BYTES, TF Serving b64, TorchServe data, json $inputs); lossless, JPEG is not.",
+    ),
     click.option(
         "--returns",
         type=click.Choice(ANSWER_KINDS),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import sys
 import warnings
@@ -84,6 +85,12 @@ _reuse = click.option(
 )
 @click.option("--noise-factor", type=float, help="Margin ≥ this × the noise measured per query [default: 4].")
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Seed from OS randomness (recorded in the file): new queries every run, for owners who keep "
+    "the model and fingerprint it anew before each verification.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fingerprint file to write.")
 @signing
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -102,6 +109,7 @@ def fingerprint(
     serving: str,
     noise_factor: float | None,
     seed: int,
+    fresh: bool,
     out: Path,
     hmac_key_file: Path | None,
     sign_key: Path | None,
@@ -117,6 +125,8 @@ def fingerprint(
 
     if method not in METHODS:
         raise NnsealError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    if fresh:
+        seed = secrets.randbits(32)
     cls = METHODS[method]
     options = typed_params(parse_pairs(params), cls.own_defaults(), f"method {method}")
     common = {

@@ -1,4 +1,4 @@
-"""Ownership commands: ``watermark embed`` and ``watermark verify``."""
+"""Ownership commands: ``watermark embed``, ``watermark fingerprint`` and ``watermark verify``."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def _epsilon(ctx: click.Context, param: click.Parameter, value: str) -> float | 
 
 @main.group()
 def watermark() -> None:
-    """Prove ownership: embed a frontier-stitching watermark, verify it through a model's labels.
+    """Prove ownership: embed a frontier-stitching watermark, or fingerprint a model with conferrable
+    adversarial examples; verify either through a suspect's labels.
 
     Verify exit code: 0 watermarked, 1 not watermarked, 3 inconclusive, 2 bad input.
     """
@@ -323,3 +324,181 @@ def watermark_verify(
     )
     emit(v.to_dict(), as_json, text)
     sys.exit(v.exit_code)
+
+
+def _ownership_fingerprinters() -> list[str]:
+    """Ownership methods that fingerprint a model without changing it (they have ``fingerprint``)."""
+    from nnseal.methods import OWNERSHIP_METHODS
+
+    return [name for name, cls in OWNERSHIP_METHODS.items() if callable(getattr(cls, "fingerprint", None))]
+
+
+@watermark.command("fingerprint")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--method",
+    default="conferrable",
+    show_default=True,
+    type=click.Choice(_ownership_fingerprinters()),
+    help="Ownership fingerprint (Conferrable Adversarial Examples: the model is not changed).",
+)
+@click.option("--data", "dataset", default="digits", show_default=True, help="The model's training data.")
+@root_option
+@click.option("--subset", type=click.IntRange(min=1), help="Use only the first N training inputs.")
+@click.option("--examples", default=100, show_default=True, type=click.IntRange(min=1), help="Key size.")
+@click.option(
+    "--epsilon", default=0.25, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+    help="L∞ radius around the natural seeds (pixels in [0, 1]; at least one grid step).",
+)  # fmt: skip
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1), help="Adam iterations.")
+@click.option(
+    "--surrogates", default=4, show_default=True, type=click.IntRange(min=1),
+    help="Surrogates derived from MODEL for the optimisation (distill and extract-labels, LeNet and MLP).",
+)  # fmt: skip
+@click.option(
+    "--surrogate-epochs", type=click.FloatRange(min=0, min_open=True),
+    help="Their training epochs (default: the attacks', 30).",
+)  # fmt: skip
+@click.option(
+    "--surrogate-budget", type=click.IntRange(min=1), help="Their queries to MODEL (default: the attacks')."
+)
+@click.option(
+    "--gen-references", default=4, show_default=True, type=click.IntRange(min=2),
+    help="Independently trained references for the optimisation (held out from the null).",
+)  # fmt: skip
+@click.option(
+    "--references",
+    "n_references",
+    type=click.IntRange(min=0),
+    default=DEFAULT_REFERENCES,
+    show_default=True,
+    help="Further references, trained independently, that calibrate the null stored in the key; 0: none "
+    "(then verify is inconclusive unless it calibrates or is given --paper-null).",
+)
+@click.option(
+    "--reference-arch",
+    "reference_archs",
+    multiple=True,
+    type=click.Choice(["mlp", "lenet", "vgg"]),
+    help=f"Architectures of all trained references, in turn (repeatable; default: "
+    f"{', '.join(REFERENCE_ARCHITECTURES)}).",
+)
+@click.option(
+    "--reference-epochs", default=REFERENCE_EPOCHS, show_default=True, help="Training epochs per reference."
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--key", "key_out", type=click.Path(path_type=Path), required=True, help="Key file to write.")
+@signing
+@json_option
+def watermark_fingerprint(
+    model: Path,
+    method: str,
+    dataset: str,
+    root: Path | None,
+    subset: int | None,
+    examples: int,
+    epsilon: float,
+    steps: int,
+    surrogates: int,
+    surrogate_epochs: float | None,
+    surrogate_budget: int | None,
+    gen_references: int,
+    n_references: int,
+    reference_archs: tuple[str, ...],
+    reference_epochs: float,
+    seed: int,
+    key_out: Path,
+    hmac_key_file: Path | None,
+    sign_key: Path | None,
+    no_sign: bool,
+    as_json: bool,
+) -> None:
+    """Fingerprint MODEL for ownership without changing it: write the signed key (the examples, MODEL's
+    labels on them, and the null calibrated on held-out references). No model is written;
+    ``watermark verify KEY SUSPECT`` decides whether a suspect was derived from MODEL.
+
+    Conferrable Adversarial Examples (Lukas et al., ICLR 2021): adversarial examples of MODEL whose
+    labels transfer to surrogates derived from it (trained here) but not to independently trained
+    references (trained here too).
+    """
+    import numpy as np
+
+    from nnseal.data import load_dataset
+    from nnseal.methods import OWNERSHIP_METHODS
+    from nnseal.models import load_model
+    from nnseal.watermark import calibrate_key, claim_rule
+
+    keys = signing_keys(hmac_key_file, sign_key, no_sign)
+    m = load_model(model)
+    train = load_dataset(dataset, root, "train")
+    if subset is not None and subset < len(train):
+        train = train.subset(np.arange(subset))
+    archs = reference_archs or REFERENCE_ARCHITECTURES
+    extra: dict[str, Any] = {}
+    if surrogate_epochs is not None:
+        extra["epochs"] = surrogate_epochs
+    if surrogate_budget is not None:
+        extra["budget"] = surrogate_budget
+    cls = OWNERSHIP_METHODS[method]
+    maker = cls(
+        n_examples=examples, epsilon=epsilon, steps=steps, surrogates=surrogates, surrogate_params=extra,
+        references=gen_references, reference_architectures=archs, reference_epochs=reference_epochs,
+        seed=seed, progress=not as_json,
+    )  # fmt: skip
+    t = time.perf_counter()
+    key = maker.fingerprint(m, train)
+    generation_s = time.perf_counter() - t
+    null = None
+    t = time.perf_counter()
+    if n_references:
+        key, null = calibrate_key(
+            key, train, count=n_references, architectures=archs, epochs=reference_epochs,
+            seed=REFERENCE_SEED, progress=not as_json,
+        )  # fmt: skip
+    calibration_s = time.perf_counter() - t
+    key.save(key_out, hmac_key=keys.hmac_key, ed25519_key=keys.ed25519)
+    scores = key.provenance["conferrability"]
+    info: dict[str, Any] = {
+        "key": str(key_out),
+        "signed": keys.schemes,
+        "method": method,
+        "model_id": key.model_id,
+        "examples": len(key),
+        "epsilon": epsilon,
+        "conferrability_mean": sum(scores) / len(scores),
+        "conferrability_min": min(scores),
+        "generation_seconds": generation_s,
+        "seconds": key.provenance["seconds"],
+    }
+    text = (
+        f"wrote {key_out} (signed: {', '.join(keys.schemes) or 'no'}): {len(key)} {method} examples at "
+        f"epsilon {epsilon:g} ({generation_s:.0f} s); conferrability mean {info['conferrability_mean']:.2f}, "
+        f"min {info['conferrability_min']:.2f}"
+    )
+    if null is None:
+        info["null"] = None
+        text += (
+            "\nwarning: no reference models, so the key has no calibrated null: `watermark verify` will be "
+            "inconclusive unless it calibrates (--calibrate) or is given --paper-null"
+        )
+    else:
+        rule = claim_rule(len(key), DEFAULT_ALPHA, null, DEFAULT_MARGIN)
+        acc = null.key_accuracies
+        info.update(
+            null=null.to_dict(),
+            references=key.provenance["null"]["references"],
+            calibration_seconds=calibration_s,
+            claim_key_accuracy=rule.claim_accuracy,
+            claim_alpha=DEFAULT_ALPHA,
+        )
+        text += (
+            f"\nnull calibrated on {len(acc)} held-out reference models ({calibration_s:.0f} s): agreement "
+            f"mean {sum(acc) / len(acc):.2f} [{min(acc):.2f}, {max(acc):.2f}], {null.kind} p={null.p:.3f}"
+        )
+        if rule.claim_accuracy is None:
+            text += (
+                f"\nwarning: under this null no agreement reaches alpha={DEFAULT_ALPHA:g}: use more examples"
+            )
+        else:
+            text += f"; a claim at alpha={DEFAULT_ALPHA:g} needs agreement >= {rule.claim_accuracy:.0%}"
+    emit(info, as_json, text)

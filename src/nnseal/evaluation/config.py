@@ -90,6 +90,8 @@ class EvalSettings:
     false_alarm_threads: list[int] = field(default_factory=lambda: [1, 2])
     false_alarm_fingerprints: int = 20  # random 10-query fingerprints per pool verified per setup and spec
     monte_carlo_repetitions: int = 0  # > 0: also simulate random selection this many times
+    stealth: bool = True  # the provider's four query detectors (nnseal.detectors) per selection
+    stealth_queries: int = 20  # ordered selections: the first this many picks of each bag are scored
 
 
 @dataclass

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from nnseal import __version__
 from nnseal.attacks import run_attack
 from nnseal.data import Dataset, load_dataset
+from nnseal.detectors import stealth_scores
 from nnseal.evaluation.config import ExperimentConfig
 from nnseal.evaluation.stats import (
     first_detection,
@@ -72,6 +73,7 @@ class Results:
     attacks: list[dict[str, Any]] = field(default_factory=list)
     false_alarms: list[dict[str, Any]] = field(default_factory=list)
     monte_carlo: list[dict[str, Any]] = field(default_factory=list)
+    stealth: dict[str, dict[str, Any]] = field(default_factory=dict)
     markers: dict[str, dict[str, Any]] = field(default_factory=dict)
     pools: dict[str, dict[str, Any]] = field(default_factory=dict)
     resolution: dict[str, float] = field(default_factory=dict)
@@ -200,6 +202,12 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
     rng = np.random.default_rng(cfg.seed + 1)
     orders = _orders(methods, pools, sels, n_max, ev.manc_bags, cfg.fingerprint.bag, rng)
 
+    if ev.stealth:
+        t0 = time.perf_counter()
+        results.stealth = _stealth(
+            model, methods, pools, sels, orders, train, test, ev.stealth_queries, cfg.seed
+        )
+        results.timings["stealth_s"] = time.perf_counter() - t0
     results.false_alarms = _false_alarms(model, pools, specs, ev, Path(cfg.out), cfg.seed)
     t0 = time.perf_counter()
     for attack in tqdm(cfg.attacks, desc="attacks", disable=not progress):
@@ -237,6 +245,27 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
     results.timings["attacks_and_evaluation_s"] = time.perf_counter() - t0
     results.timings["total_s"] = time.perf_counter() - t_start
     return results, pools
+
+
+def _stealth(
+    model: Classifier, methods: dict[str, Method], pools: dict[str, Pool], sels: list[Selection],
+    orders: dict[str, list[np.ndarray]], train: Dataset, test: Dataset, first: int, seed: int,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each selection's detector AUCs: test traffic vs the queries it sends (ordered selections: the
+    first ``first`` picks of every bag). The provider trains its statistics detector on pools it makes
+    itself with the same method from the training split (another seed)."""
+    provider = {n: m.pool(model, train, np.random.default_rng(seed + 7)) for n, m in methods.items()}
+    out = {}
+    for sel in sels:
+        pool = pools[sel.pool]
+        if sel.mode == "ordered":
+            pool = pool.subset(np.unique(np.concatenate([o[:first] for o in orders[sel.name]])))
+        scores = stealth_scores(
+            model, test.x, pool.x, levels=test.levels, provider_natural=train.x,
+            provider_queries=provider[sel.pool].x, seed=seed,
+        )  # fmt: skip
+        out[sel.name] = scores.to_dict()
+    return out
 
 
 def _curves(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from nnseal._io import atomic_write_text
+from nnseal.detectors import DETECTORS
 from nnseal.evaluation.experiment import Results
 from nnseal.methods import Pool
 from nnseal.report import image_grid, markdown_table, save_png
@@ -46,6 +47,7 @@ LABELS = {
     "marker-bisection": "markers: pairwise bisection (labels only)",
     "marker-flip-rate": "markers: flip-rate cover",
     "marker-hybrid": "markers: SS pushed to frontier",
+    "covert": "covert (natural, stratified)",
 }
 
 
@@ -103,7 +105,7 @@ def _plots(results: Results, out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(f"missing rate ({spec})")
     axes[0][0].legend(fontsize=8)
-    _save(fig, out / "missing_rate.png")
+    save_figure(fig, out / "missing_rate.png")
 
     alphas = results.config["evaluation"]["alphas"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -119,18 +121,47 @@ def _plots(results: Results, out: Path) -> None:
         ratio = [(a, n / m) for a, n, m in zip(alphas, nat, manc, strict=True) if n and m]
         axes[1].plot([a for a, _ in ratio], [r for _, r in ratio], marker="o", label=attack)
     for ax, title in zip(axes, ("queries needed", "efficiency: natural / SS+MANC"), strict=True):
-        ax.set_xscale("log")
+        if _has_points(ax):  # a log axis with nothing on it cannot be drawn
+            ax.set_xscale("log")
+            ax.invert_xaxis()
         ax.set_xlabel("missing rate α")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.invert_xaxis()
-    axes[0].set_yscale("log")
+    if _has_points(axes[0]):
+        axes[0].set_yscale("log")
     axes[0].legend(fontsize=6)
     axes[1].legend(fontsize=7)
-    _save(fig, out / "queries_needed.png")
+    save_figure(fig, out / "queries_needed.png")
+    if results.stealth:
+        _stealth_plot(results, out, plt)
 
 
-def _save(fig: Any, path: Path) -> None:
+def _has_points(ax: Any) -> bool:
+    return any(len(line.get_xdata()) for line in ax.lines) or any(
+        len(c.get_offsets()) for c in ax.collections
+    )
+
+
+def _stealth_plot(results: Results, out: Path, plt: Any) -> None:
+    """The stealth–power trade-off: per selection, its most revealing detector's AUC against the
+    queries it needs (top1, α = STEALTH_ALPHA), one marker per attack."""
+    spec, alpha = results.config["evaluation"]["specs"][0], f"{STEALTH_ALPHA:g}"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for attack, need in results.needed.items():
+        pts = [(st["worst"], need[sel][spec].get(alpha)) for sel, st in results.stealth.items()]
+        ax.scatter([w for w, q in pts if q], [q for _, q in pts if q], label=attack, s=18)
+    for sel, st in results.stealth.items():
+        ax.annotate(_label(sel), (st["worst"], 1), fontsize=6, rotation=90, va="bottom")
+    ax.set_xlabel("worst detector ROC AUC (0.5 = indistinguishable from traffic)")
+    ax.set_ylabel(f"queries needed ({spec}, α = {alpha})")
+    if _has_points(ax):
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, out / "stealth_power.png")
+
+
+def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -144,6 +175,45 @@ def _save(fig: Any, path: Path) -> None:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
+
+
+STEALTH_ALPHA = 1e-4
+STEALTH_SPECS = ("top1", "top1-p4")
+
+
+def _stealth_section(r: Results) -> list[str]:
+    """Per selection: each provider detector's ROC AUC and the queries needed at top1 and top1-p4."""
+    specs = [s for s in STEALTH_SPECS if s in r.config["evaluation"]["specs"]]
+    attacks = list(r.needed)
+    alpha = f"{STEALTH_ALPHA:g}"
+
+    def needed(sel: str, spec: str) -> str:
+        return " / ".join(str(r.needed[a][sel][spec].get(alpha) or "—") for a in attacks)
+
+    rows = [
+        [
+            _label(sel),
+            *[f"{st['auc'][d]:.2f}" for d in DETECTORS],
+            str(st["queries"]),
+            *[needed(sel, spec) for spec in specs],
+        ]
+        for sel, st in r.stealth.items()
+    ]
+    return [
+        "## Stealth: what a dishonest provider can see",
+        "",
+        "ROC AUC of each detector a provider can run (`nnseal.detectors`), natural test traffic vs the "
+        "queries a selection sends (ordered selections: the first picks of every bag); 0.5 = "
+        "indistinguishable, 1 = every query recognised. *grid*: values off the pixel grid; *statistics*: "
+        "logistic regression on input statistics, trained on the provider's own nnseal pools of the same "
+        "method; *sensitivity* and *margin*: computed on the provider's copy of the model. Queries needed: "
+        f"missing rate ≤ {alpha}, per attack ({' / '.join(attacks)}).",
+        "",
+        markdown_table(["selection", *DETECTORS, "queries scored", *[f"needed, {s}" for s in specs]], rows),
+        "",
+        "![stealth vs power](stealth_power.png)",
+        "",
+    ]
 
 
 def _markdown(r: Results) -> str:
@@ -240,6 +310,8 @@ def _markdown(r: Results) -> str:
                 )
         md += [f"**{attack}**", "", markdown_table(["selection \\ α", *alphas], rows), ""]
     md += ["![queries needed](queries_needed.png)", ""]
+    if r.stealth:
+        md += _stealth_section(r)
 
     fa = r.false_alarms
     changed = sum(x["changed_answers"] for x in fa)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnseal import numerics
+from nnseal import grid, numerics
 from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods.manc import manc_select
@@ -210,7 +210,13 @@ class Method(ABC):
             white_box(model, f"method {self.name}")
         check_data(model, data.input_shape, len(data.classes))
         rng = np.random.default_rng(self.seed) if rng is None else rng
-        return self.stable(model, self.candidates(model.eval(), data, rng))
+        pool = self.candidates(model.eval(), data, rng)
+        if not grid.is_on_grid(pool.x, data.levels):  # a recognisable query; never let one out
+            raise NnsealError(
+                f"method {self.name} made candidates off the data's pixel grid (values k/{data.levels}); "
+                "every query must be a valid image (nnseal.grid)"
+            )
+        return self.stable(model, pool)
 
     def _too_few(self, pool: Pool) -> str:
         """Why the pool cannot make a fingerprint: which spec the declared environments rule out."""
@@ -254,6 +260,7 @@ class Method(ABC):
             params=self.get_params(),
             seeds=chosen.seeds,
             serving=list(self.serving),
+            levels=data.levels,
             provenance={
                 "dataset": data.name,
                 **pool.info,

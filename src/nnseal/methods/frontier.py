@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from nnseal.errors import NnsealError
 from nnseal.fingerprint import Fingerprint
+from nnseal.grid import to_grid
 from nnseal.models.architectures import check_data
 from nnseal.models.io import model_id
 from nnseal.models.train import evaluate_accuracy, fit, predict_logits
@@ -230,7 +231,7 @@ class FrontierStitching:
         xs, ys, flipped, src = [], [], [], []
         while True:
             idx = order[done:pool]
-            x_adv = fgsm(model, data.x[idx], data.y[idx], epsilon)
+            x_adv = to_grid(fgsm(model, data.x[idx], data.y[idx], epsilon), data.levels)  # valid images
             xs.append(x_adv)
             ys.append(data.y[idx])
             flipped.append(predict_logits(model, x_adv).argmax(1).numpy() != data.y[idx])
@@ -298,6 +299,7 @@ class FrontierStitching:
             probabilities=probs,
             labels=y_key,
             specs=["top1"],
+            levels=data.levels,
             model_id=model_id(marked),
             method=self.name,
             params={

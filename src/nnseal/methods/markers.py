@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nnseal.errors import NnsealError
+from nnseal.grid import to_grid
 from nnseal.methods.base import Method, Pool, answers
 from nnseal.methods.sensitive import SensitiveSampleGenerator
 from nnseal.numerics import measure_noise  # noqa: F401 (re-exported: nnseal.methods.measure_noise)
@@ -75,15 +76,21 @@ def pgd(
 
 
 def bisect_margin(
-    model: nn.Module, inside: np.ndarray, outside: np.ndarray, target_margin: float, iters: int = 30
+    model: nn.Module,
+    inside: np.ndarray,
+    outside: np.ndarray,
+    target_margin: float,
+    iters: int = 30,
+    levels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """On each segment inside → outside, the point farthest along where ``inside``'s label still wins
-    with top-1 margin ≥ ``target_margin``. Returns (points, ok); ``ok`` is False where the segment
-    does not start inside or does not leave the class (no frontier to land on)."""
+    with top-1 margin ≥ ``target_margin`` (with ``levels``: the point's on-grid rounding, which is what
+    is sent, so the margin holds after rounding). Returns (points, ok); ``ok`` is False where the
+    segment does not start inside or does not leave the class (no frontier to land on)."""
     labels = answers(model, inside).argmax(1)
 
     def keeps(t: np.ndarray) -> np.ndarray:
-        p = answers(model, _along(inside, outside, t))
+        p = answers(model, _along(inside, outside, t, levels))
         return (p.argmax(1) == labels) & (top1_margin(p) >= target_margin)
 
     lo, hi = np.zeros(len(inside)), np.ones(len(inside))
@@ -92,7 +99,7 @@ def bisect_margin(
         mid = (lo + hi) / 2
         k = keeps(mid)
         lo, hi = np.where(k, mid, lo), np.where(k, hi, mid)
-    return _along(inside, outside, lo), ok
+    return _along(inside, outside, lo, levels), ok
 
 
 def bisect_labels(
@@ -102,25 +109,29 @@ def bisect_labels(
     *,
     iters: int = 30,
     backoff: float = 0.05,
+    levels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels-only bisection on each segment a → b (a and b of different classes): the last point
-    still labelled like ``a``, moved ``backoff`` (L2 distance in input space) back toward ``a``.
-    Returns (points, ok); ``ok`` is False where a and b share a label."""
+    still labelled like ``a``, moved ``backoff`` (L2 distance in input space) back toward ``a``; with
+    ``levels`` every point is its on-grid rounding. Returns (points, ok); ``ok`` is False where a and
+    b share a label."""
     la = labels_of(a)
     ok = la != labels_of(b)
     lo, hi = np.zeros(len(a)), np.ones(len(a))
     for _ in range(iters):
         mid = (lo + hi) / 2
-        same = labels_of(_along(a, b, mid)) == la
+        same = labels_of(_along(a, b, mid, levels)) == la
         lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
     length = np.linalg.norm((b - a).reshape(len(a), -1), axis=1)
     t = np.clip(lo - backoff / np.maximum(length, 1e-12), 0.0, 1.0)
-    return _along(a, b, t), ok
+    return _along(a, b, t, levels), ok
 
 
-def _along(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+def _along(a: np.ndarray, b: np.ndarray, t: np.ndarray, levels: int | None = None) -> np.ndarray:
+    """The points a + t (b − a), rounded to the grid with ``levels``."""
     t = t.reshape(-1, *([1] * (a.ndim - 1)))
-    return (a + t * (b - a)).astype(np.float32)
+    x = (a + t * (b - a)).astype(np.float32)
+    return x if levels is None else to_grid(x, levels)
 
 
 def target_labels(target: Target) -> Callable[[np.ndarray], np.ndarray]:
@@ -239,29 +250,38 @@ class MarkerGenerator:
             "seed": self.seed,
         }
 
-    def generate(self, model: nn.Module, seeds: np.ndarray, progress: bool = False) -> Markers:
-        """Candidates from ``seeds`` (natural inputs); seeds with no frontier in reach are dropped."""
+    def generate(
+        self, model: nn.Module, seeds: np.ndarray, progress: bool = False, levels: int | None = None
+    ) -> Markers:
+        """Candidates from ``seeds`` (natural inputs); seeds with no frontier in reach are dropped.
+        With ``levels`` (the data's pixel grid) seeds and markers are on the grid."""
         model = model.eval()
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
+        if levels is not None:
+            seeds = to_grid(seeds, levels)
         if self.strategy == "natural":
             return Markers(seeds, seeds, np.arange(len(seeds)))
         stages = tqdm(total=4, desc=f"markers ({self.strategy})", disable=not progress, leave=False)
         with stages:
-            return self._generate(model, seeds, stages, progress)
+            return self._generate(model, seeds, stages, progress, levels)
 
-    def _generate(self, model: nn.Module, seeds: np.ndarray, stages: tqdm, progress: bool) -> Markers:
+    def _generate(
+        self, model: nn.Module, seeds: np.ndarray, stages: tqdm, progress: bool, levels: int | None
+    ) -> Markers:
         if self.strategy == "bisection":
             labels_of = target_labels(TorchTarget(model))
             rng = np.random.default_rng(self.seed)
             partners = seeds[rng.permutation(len(seeds))]
-            x, ok = bisect_labels(labels_of, seeds, partners, iters=self.iters, backoff=self.backoff)
+            x, ok = bisect_labels(
+                labels_of, seeds, partners, iters=self.iters, backoff=self.backoff, levels=levels
+            )
             return Markers(x[ok], seeds[ok], np.flatnonzero(ok))
         start = seeds
         if self.strategy == "hybrid":
             stages.set_postfix_str("sensitive samples")
             start = (
                 SensitiveSampleGenerator(epsilon=self.ss_epsilon, steps=self.ss_steps, progress=progress)
-                .generate(model, seeds)
+                .generate(model, seeds, levels=levels)
                 .x
             )
         stages.update()
@@ -269,7 +289,7 @@ class MarkerGenerator:
         adversarial = pgd(model, start, epsilon=self.epsilon, steps=self.pgd_steps, seed=self.seed)
         stages.update()
         stages.set_postfix_str("bisection to the margin")
-        x, ok = bisect_margin(model, start, adversarial, self.target_margin, self.iters)
+        x, ok = bisect_margin(model, start, adversarial, self.target_margin, self.iters, levels)
         stages.update()
         markers = Markers(x[ok], seeds[ok], np.flatnonzero(ok))
         if self.strategy == "flip-rate":
@@ -330,7 +350,7 @@ class MarkerFingerprinter(Method):
 
     def candidates(self, model: nn.Module, data: Dataset, rng: np.random.Generator) -> Pool:
         idx = self.draw_seeds(data, rng)
-        markers = self.generator.generate(model, data.x[idx], progress=self.progress)
+        markers = self.generator.generate(model, data.x[idx], progress=self.progress, levels=data.levels)
         if len(markers.x) == 0:
             raise NnsealError("no marker candidate reached a decision frontier; raise epsilon or pool_size")
         probs = answers(model, markers.x)

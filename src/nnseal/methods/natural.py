@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
+from nnseal.grid import to_grid
 from nnseal.methods.base import Method, Pool, answers
 
 if TYPE_CHECKING:
@@ -25,5 +26,5 @@ class NaturalInputs(Method):
 
     def candidates(self, model: nn.Module, data: Dataset, rng: np.random.Generator) -> Pool:
         idx = self.draw_seeds(data, rng)
-        x = data.x[idx]
+        x = to_grid(data.x[idx], data.levels)  # real data already is; generated data may not be
         return Pool(x, answers(model, x), seeds=x, details={"seed_indices": idx})

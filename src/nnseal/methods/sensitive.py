@@ -58,6 +58,7 @@ from torch.func import functional_call, grad_and_value, jacrev, vmap
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from nnseal import grid
 from nnseal.models.inference import WhiteBox
 
 SensitivityOf = Literal["probs", "logits"]
@@ -687,9 +688,15 @@ class SensitiveSampleGenerator:
         assert g is not None
         return s.detach(), g / (s.view(-1, *[1] * (x.dim() - 1)).to(g.dtype) + 1e-30)  # ∇ log S
 
-    def generate(self, model: nn.Module, seeds: np.ndarray) -> SensitiveSamples:
-        """Optimise every seed (float32 (N, C, H, W) inside the box); returns the samples."""
+    def generate(self, model: nn.Module, seeds: np.ndarray, levels: int | None = None) -> SensitiveSamples:
+        """Optimise every seed (float32 (N, C, H, W) inside the box); returns the samples.
+
+        With ``levels`` (the data's pixel grid, :mod:`nnseal.grid`) seeds are rounded to the grid and
+        every iterate is evaluated at its on-grid projection (a straight-through ascent), so the
+        samples are valid images and their sensitivity is measured after rounding."""
         v0_all = np.asarray(seeds, dtype=np.float32)
+        if levels is not None:
+            v0_all = grid.to_grid(v0_all, levels)
         lo, hi = self.bounds
         if v0_all.ndim < 2 or len(v0_all) == 0:
             raise ValueError(f"seeds must be a non-empty batch of inputs, got shape {v0_all.shape}")
@@ -710,7 +717,7 @@ class SensitiveSampleGenerator:
         try:
             for i in range(0, len(v0_all), self.batch_size):
                 v0 = torch.from_numpy(v0_all[i : i + self.batch_size])
-                x, s, s0 = self._ascend(model, v0, names, bar)
+                x, s, s0 = self._ascend(model, v0, names, bar, levels)
                 xs.append(x), ss.append(s), s0s.append(s0)
         finally:
             bar.close()
@@ -719,19 +726,22 @@ class SensitiveSampleGenerator:
         return SensitiveSamples(np.concatenate(xs), v0_all, np.concatenate(ss), np.concatenate(s0s))
 
     def _ascend(
-        self, model: nn.Module, v0: torch.Tensor, names: set[str], bar: tqdm
+        self, model: nn.Module, v0: torch.Tensor, names: set[str], bar: tqdm, levels: int | None
     ) -> tuple[np.ndarray, ...]:
         x = v0.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=self.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.steps))
         best_x, best_s, s0 = v0.clone(), None, None
         for _ in range(self.steps + 1):
-            s, g = self._value_and_grad(model, x, names)
+            sent = x.detach()
+            if levels is not None:  # straight-through: value and gradient at the image that is sent
+                sent = grid.snap(sent, v0, self.epsilon, self.norm, levels, self.bounds)
+            s, g = self._value_and_grad(model, sent, names)
             if best_s is None:
                 s0, best_s = s.clone(), s.clone()
             better = s > best_s
             best_s = torch.where(better, s, best_s)
-            best_x[better] = x.detach()[better]
+            best_x[better] = sent[better]
             if _ == self.steps:
                 break
             x.grad = -g  # ascent: Adam minimises

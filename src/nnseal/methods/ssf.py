@@ -80,7 +80,7 @@ class SensitiveSampleFingerprinter(Method):
 
     def candidates(self, model: nn.Module, data: Dataset, rng: np.random.Generator) -> Pool:
         idx = self.draw_seeds(data, rng)
-        bag = self.generator.generate(model, data.x[idx])
+        bag = self.generator.generate(model, data.x[idx], levels=data.levels)
         cover = relu_activations(model, bag.x, self.neurons) if self.selection == "manc" else None
         details = {
             "seed_indices": idx,

@@ -30,13 +30,21 @@ class ModelConfig:
     std: tuple[float, ...] = (1.0,)
     width: int = 1
     hidden: tuple[int, ...] = field(default=())
+    parasitic: tuple[tuple[int, int], ...] = field(default=())
+    """Parasitic layers (``mlp`` only, :mod:`nnseal.protect`): ``(position, width)`` pairs, position 0
+    at the flattened input, k after the k-th hidden ReLU; empty for an ordinary model."""
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.parasitic:  # an unprotected model's config JSON stays as it always was
+            del d["parasitic"]
+        else:
+            d["parasitic"] = [list(p) for p in self.parasitic]
+        return d
 
     @classmethod
     def from_dict(cls, d: object) -> ModelConfig:
@@ -52,6 +60,7 @@ class ModelConfig:
                 std=tuple(_floats(d.get("std", [1.0]), "std")),
                 width=_get(d, "width", int, 1),
                 hidden=tuple(_ints(d.get("hidden", []), "hidden")),
+                parasitic=_pairs(d.get("parasitic", []), "parasitic"),
             )
         except KeyError as e:
             raise ModelError(f"invalid model config: missing {e}") from None
@@ -81,6 +90,20 @@ class ModelConfig:
             problems.append(
                 f"hidden {self.hidden} (at most {LIMITS['layers']} layers of 1..{LIMITS['hidden']})"
             )
+        if self.parasitic:
+            depth = len(self.hidden or MLP_DEFAULT_HIDDEN)
+            positions = [p for p, _ in self.parasitic]
+            if self.arch != "mlp":
+                problems.append(f"parasitic layers need arch mlp, not {self.arch}")
+            elif len(self.parasitic) > LIMITS["layers"] or positions != sorted(set(positions)):
+                problems.append(
+                    f"parasitic {self.parasitic} (at most {LIMITS['layers']}, "
+                    "distinct positions in increasing order)"
+                )
+            elif not all(0 <= p <= depth and 1 <= w <= LIMITS["hidden"] for p, w in self.parasitic):
+                problems.append(
+                    f"parasitic {self.parasitic} (want positions in 0..{depth}, widths 1..{LIMITS['hidden']})"
+                )
         if problems:
             raise ModelError(f"invalid model config: {'; '.join(problems)}")
 
@@ -101,6 +124,15 @@ def _ints(values: object, key: str) -> list[int]:
     if not isinstance(values, list) or not all(type(v) is int for v in values):
         raise ModelError(f"invalid model config: {key} must be a list of integers")
     return values
+
+
+def _pairs(values: object, key: str) -> tuple[tuple[int, int], ...]:
+    ok = isinstance(values, list) and all(
+        isinstance(v, list) and len(v) == 2 and all(type(i) is int for i in v) for v in values
+    )
+    if not ok:
+        raise ModelError(f"invalid model config: {key} must be a list of [position, width] integer pairs")
+    return tuple((int(a), int(b)) for a, b in values)  # type: ignore[misc]
 
 
 def _floats(values: object, key: str) -> list[float]:
@@ -141,13 +173,27 @@ class Classifier(nn.Module):
         return self.head(self.penultimate(x))
 
 
+MLP_DEFAULT_HIDDEN = (256, 128)
+
+
+def parasitic_block(dim: int, width: int) -> nn.Sequential:
+    """A parasitic layer: ``Linear(dim, width) → ReLU → Linear(width, dim)``, trained to a noisy
+    identity (:func:`nnseal.protect.protect`)."""
+    return nn.Sequential(nn.Linear(dim, width), nn.ReLU(), nn.Linear(width, dim))
+
+
 def _mlp(c: ModelConfig) -> Classifier:
-    hidden = c.hidden or (256, 128)
+    hidden = c.hidden or MLP_DEFAULT_HIDDEN
+    parasitic = dict(c.parasitic)  # positions are unique (check() keeps them ordered)
     layers: list[nn.Module] = [nn.Flatten()]
     d = c.input_shape[0] * c.input_shape[1] * c.input_shape[2]
-    for h in hidden:
+    for k, h in enumerate(hidden):
+        if k in parasitic:
+            layers.append(parasitic_block(d, parasitic[k]))
         layers += [nn.Linear(d, h), nn.ReLU()]
         d = h
+    if len(hidden) in parasitic:
+        layers.append(parasitic_block(d, parasitic[len(hidden)]))
     return Classifier(c, nn.Sequential(*layers), d)
 
 

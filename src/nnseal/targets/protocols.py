@@ -11,6 +11,8 @@ of 10^12 elements), decoding raises nothing else.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import re
@@ -22,11 +24,29 @@ from urllib.parse import quote
 import numpy as np
 
 from nnseal.errors import TargetError
+from nnseal.grid import DEFAULT_LEVELS, pixels
 from nnseal.targets.base import Provides, softmax
 
 AnswerKind = Literal["probabilities", "logits", "labels", "label-names"]
 """What a server's answer rows are."""
 ANSWER_KINDS: tuple[AnswerKind, ...] = ("probabilities", "logits", "labels", "label-names")
+INPUT_FORMATS: tuple[str, ...] = ("array", "png")
+"""How inputs travel: ``array`` as numbers, ``png`` as base64 PNG files (for APIs that take images)."""
+
+
+def png_base64(x: np.ndarray, levels: int = DEFAULT_LEVELS) -> list[str]:
+    """Each input (C, H, W) as a base64 PNG of its integer pixels k = x · ``levels`` (grayscale for one
+    channel, RGB for three): lossless for on-grid inputs, which the server decodes as k / levels."""
+    from PIL import Image
+
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"PNG inputs need 1 or 3 channels (N, C, H, W), got shape {x.shape}")
+    out = []
+    for img in pixels(x, levels):
+        buf = io.BytesIO()
+        Image.fromarray(img[0] if len(img) == 1 else img.transpose(1, 2, 0)).save(buf, format="PNG")
+        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    return out
 
 
 def _malformed(message: str, kind: str = "wrong-shape") -> TargetError:
@@ -83,6 +103,17 @@ class Protocol(ABC):
     name: str = ""
     max_batch: int | None = None
     """Most inputs one request may carry (None: no limit of the protocol itself)."""
+    png_levels: int | None = None
+    """Send inputs as base64 PNG files of their integer pixels k = x · png_levels (None: numbers);
+    set with :meth:`send_png`."""
+
+    def send_png(self, levels: int = DEFAULT_LEVELS) -> Protocol:
+        """Send inputs as PNG images of the data's pixel grid (``levels``); returns ``self``."""
+        self.png_levels = levels
+        return self
+
+    def _images(self, x: np.ndarray) -> list[str] | None:
+        return None if self.png_levels is None else png_base64(x, self.png_levels)
 
     @abstractmethod
     def path(self) -> str:
@@ -124,16 +155,14 @@ class V2Protocol(Protocol):
         return f"/v2/models/{quote(self.model, safe='')}{_version(self.version, '/versions/')}/infer"
 
     def encode(self, x: np.ndarray) -> Any:
-        return {
-            "inputs": [
-                {
-                    "name": self.input_name,
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
+        images = self._images(x)
+        if images is not None:  # V2 BYTES, one base64 PNG per input (MLServer's base64 content type)
+            tensor = {"name": self.input_name, "shape": [len(images)], "datatype": "BYTES", "data": images,
+                      "parameters": {"content_type": "base64"}}  # fmt: skip
+        else:
+            tensor = {"name": self.input_name, "shape": list(x.shape), "datatype": "FP32",
+                      "data": x.ravel().tolist()}  # fmt: skip
+        return {"inputs": [tensor]}
 
     def decode(self, body: Any, n: int) -> np.ndarray:
         outputs = body.get("outputs") if isinstance(body, dict) else None
@@ -183,7 +212,8 @@ class TorchServeProtocol(Protocol):
     def encode(self, x: np.ndarray) -> Any:
         if len(x) != 1:
             raise ValueError(f"TorchServe requests carry one input, got {len(x)}")
-        return {"data": x[0].tolist()}
+        images = self._images(x)
+        return {"data": x[0].tolist() if images is None else images[0]}
 
     def decode(self, body: Any, n: int) -> np.ndarray:
         if isinstance(body, list) and len(body) == 1 and isinstance(body[0], (list, dict)):
@@ -234,6 +264,9 @@ class TFServingProtocol(Protocol):
         return f"/v1/models/{quote(self.model, safe='')}{_version(self.version, '/versions/')}:predict"
 
     def encode(self, x: np.ndarray) -> Any:
+        images = self._images(x)
+        if images is not None:  # TF Serving's binary convention
+            return {"instances": [{"b64": b} for b in images]}
         return {"instances": (x.transpose(0, 2, 3, 1) if self.layout == "nhwc" else x).tolist()}
 
     def decode(self, body: Any, n: int) -> np.ndarray:
@@ -254,8 +287,9 @@ class JsonProtocol(Protocol):
     """Any JSON API: a request template and the path of the answer in the response.
 
     ``template`` is a JSON object in which the string ``"$inputs"`` stands for the batch (nested
-    lists, N × C × H × W). ``response_path`` is dot-separated keys and list indexes, with ``*``
-    mapping over a list — e.g. ``result.scores`` or ``predictions.*.probs``.
+    lists, N × C × H × W; or a list of base64 PNG strings with :meth:`send_png`). ``response_path``
+    is dot-separated keys and list indexes, with ``*`` mapping over a list — e.g. ``result.scores``
+    or ``predictions.*.probs``.
     """
 
     name = "json"
@@ -277,7 +311,8 @@ class JsonProtocol(Protocol):
         return self._path
 
     def encode(self, x: np.ndarray) -> Any:
-        inputs = x.tolist()
+        images = self._images(x)
+        inputs = x.tolist() if images is None else images
 
         def fill(node: Any) -> Any:
             if node == "$inputs":
