@@ -1,6 +1,6 @@
 """Benchmark: Conferrable Adversarial Examples tell models derived from the owner's from independent ones.
 
-1. The owner trains a LeNet on the training data (``--subset``: its first N inputs) and watermarks it
+1. The owner trains a LeNet on the training data (``--subset``: a seeded random N of it) and watermarks it
    with Frontier Stitching (``watermark embed``'s defaults: 100 keys, ε auto, no null): that model
    is the *source*, so both ownership methods are scored on the same suspects.
 2. :class:`nnseal.methods.conferrable.ConferrableExamples` makes a 100-example key from the source,
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="digits")
     p.add_argument("--root", default=None)
-    p.add_argument("--subset", type=int, default=None, help="first N training inputs")
+    p.add_argument("--subset", type=int, default=None, help="a seeded random N training inputs")
     p.add_argument("--source-epochs", type=float, default=20.0)
     p.add_argument("--lenet-epochs", type=float, default=20.0, help="references and independents (LeNet)")
     p.add_argument("--mlp-epochs", type=float, default=20.0, help="references and independents (MLP)")
@@ -78,6 +78,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--away-cap", type=float, default=AWAY_CAP, help="0: the paper's unclipped term")
     p.add_argument("--gen-surrogates", type=int, default=4)
     p.add_argument("--gen-references", type=int, default=6)
+    p.add_argument("--pool-factor", type=int, default=3, help="candidate seeds per key example")
     p.add_argument(
         "--fs-epochs", type=float, default=5.0, help="Frontier Stitching's most fine-tuning epochs"
     )
@@ -156,8 +157,8 @@ def main() -> None:
     t_all = time.perf_counter()
     train = load_dataset(args.data, args.root, "train")
     test = load_dataset(args.data, args.root, "test")
-    if args.subset and args.subset < len(train):
-        train = train.subset(np.arange(args.subset))
+    if args.subset:
+        train = train.sample(args.subset, args.seed)
     epochs = {"lenet": args.lenet_epochs, "mlp": args.mlp_epochs}
     timings: dict[str, float] = {}
 
@@ -177,7 +178,7 @@ def main() -> None:
     attack = {"epochs": args.attack_epochs, "budget": args.budget}
     cae = ConferrableExamples(
         n_examples=args.examples, epsilon=args.epsilon, steps=args.steps, grid_steps=min(20, args.steps),
-        away_cap=args.away_cap or None,
+        away_cap=args.away_cap or None, pool_factor=args.pool_factor,
         surrogates=args.gen_surrogates, surrogate_params=attack, references=args.gen_references,
         reference_architectures=("lenet", "mlp"), reference_epochs=args.lenet_epochs, seed=args.seed,
     )  # fmt: skip
@@ -229,7 +230,7 @@ def main() -> None:
         suspects.append((f"independent-{arch}-s{1 + i}", "independent", m))
     timed("independents", t)
 
-    natural = test.subset(np.arange(min(QUERIES, len(test))))
+    natural = test.sample(QUERIES, args.seed)
     natural_labels = predict_logits(source, natural.x).argmax(1).numpy()
     rows, results = [], []
     for name, group, m in suspects:

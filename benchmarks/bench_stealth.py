@@ -74,10 +74,7 @@ def main() -> int:
     train = load_dataset(args.data, args.root, "train")
     test = load_dataset(args.data, args.root, "test")
     if args.train_subset:
-        rng = np.random.default_rng(args.seed)
-        train = train.subset(
-            np.sort(rng.choice(len(train), min(args.train_subset, len(train)), replace=False))
-        )
+        train = train.sample(args.train_subset, args.seed)
     arch = "lenet" if train.input_shape[0] == 1 else "vgg"
     model = train_model(train, arch, epochs=args.epochs, seed=args.seed, progress=False)
     rows = []

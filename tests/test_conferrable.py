@@ -139,13 +139,15 @@ def test_cli_help_and_end_to_end(model, held_out, tmp_path) -> None:
     runner = CliRunner()
     helped = runner.invoke(main, ["watermark", "fingerprint", "--help"])
     assert helped.exit_code == 0 and "--method [conferrable]" in helped.output
+    assert "--pool-factor" in helped.output
     src = save_model(model, tmp_path / "m.safetensors")
     other = save_model(held_out[0], tmp_path / "o.safetensors")
     (tmp_path / "hmac").write_bytes(b"owner-secret")
     hmac = ["--hmac-key-file", str(tmp_path / "hmac")]
     k = str(tmp_path / "k.nnseal")
     made = runner.invoke(main, ["watermark", "fingerprint", str(src), "--examples", "16", "--steps", "60",
-                                "--surrogates", "1", "--surrogate-epochs", "4", "--gen-references", "2",
+                                "--pool-factor", "4", "--surrogates", "1", "--surrogate-epochs", "4",
+                                "--gen-references", "2",
                                 "--references", "3", "--reference-arch", "mlp", "--reference-epochs", "4",
                                 "--key", k, *hmac, "--json"])  # fmt: skip
     assert made.exit_code == 0, made.output

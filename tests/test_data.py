@@ -517,3 +517,14 @@ def test_real_olivetti_matches_joblib() -> None:
     assert (len(train), len(test)) == (320, 80) and train.input_shape == (1, 64, 64)
     ref = joblib.load(SHARED / "olivetti" / "olivetti_py3.pkz").reshape(400, 64, 64).transpose(0, 2, 1)
     assert np.allclose(test.x[:, 0] * 255, ref[np.arange(400) % 10 >= 8])
+
+
+def test_sample_is_seeded_random_in_order_and_keeps_classes() -> None:
+    sorted_by_class = Dataset(
+        "s", np.zeros((100, 1, 2, 2), np.float32), np.repeat(np.arange(10), 10), tuple("abcdefghij")
+    )
+    a, b = sorted_by_class.sample(30, seed=1), sorted_by_class.sample(30, seed=1)
+    assert len(a) == 30 and np.array_equal(a.y, b.y) and (np.diff(a.y) >= 0).all()
+    assert len(set(a.y.tolist())) > 5  # the first 30 rows would hold 3 classes
+    assert not np.array_equal(a.y, sorted_by_class.sample(30, seed=2).y)
+    assert sorted_by_class.sample(500, seed=0) is sorted_by_class

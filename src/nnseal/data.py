@@ -191,6 +191,13 @@ class Dataset:
         _, c, h, w = self.x.shape
         return (int(c), int(h), int(w))
 
+    def sample(self, n: int, seed: int) -> Dataset:
+        """A seeded random ``n`` of the rows, in their original order (all of them if ``n >= len``):
+        a subset that keeps every class even when the files are sorted by class (GTSRB)."""
+        if n >= len(self):
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+
     def subset(self, idx: slice | np.ndarray | Sequence[int]) -> Dataset:
         """Rows picked by an index array, boolean mask or slice; classes are kept so labels stay valid."""
         if not isinstance(idx, slice):

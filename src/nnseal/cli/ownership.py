@@ -344,13 +344,17 @@ def _ownership_fingerprinters() -> list[str]:
 )
 @click.option("--data", "dataset", default="digits", show_default=True, help="The model's training data.")
 @root_option
-@click.option("--subset", type=click.IntRange(min=1), help="Use only the first N training inputs.")
+@click.option("--subset", type=click.IntRange(min=1), help="Use only N training inputs (seeded by --seed).")
 @click.option("--examples", default=100, show_default=True, type=click.IntRange(min=1), help="Key size.")
 @click.option(
     "--epsilon", default=0.25, show_default=True, type=click.FloatRange(0, 1, min_open=True),
     help="L∞ radius around the natural seeds (pixels in [0, 1]; at least one grid step).",
 )  # fmt: skip
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1), help="Adam iterations.")
+@click.option(
+    "--pool-factor", default=3, show_default=True, type=click.IntRange(min=1),
+    help="Candidate seeds per key example (MNIST: 10; only candidates that fool MODEL are kept).",
+)  # fmt: skip
 @click.option(
     "--surrogates", default=4, show_default=True, type=click.IntRange(min=1),
     help="Surrogates derived from MODEL for the optimisation (distill and extract-labels, LeNet and MLP).",
@@ -399,6 +403,7 @@ def watermark_fingerprint(
     examples: int,
     epsilon: float,
     steps: int,
+    pool_factor: int,
     surrogates: int,
     surrogate_epochs: float | None,
     surrogate_budget: int | None,
@@ -421,7 +426,6 @@ def watermark_fingerprint(
     labels transfer to surrogates derived from it (trained here) but not to independently trained
     references (trained here too).
     """
-    import numpy as np
 
     from nnseal.data import load_dataset
     from nnseal.methods import OWNERSHIP_METHODS
@@ -431,8 +435,8 @@ def watermark_fingerprint(
     keys = signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
     train = load_dataset(dataset, root, "train")
-    if subset is not None and subset < len(train):
-        train = train.subset(np.arange(subset))
+    if subset is not None:
+        train = train.sample(subset, seed)
     archs = reference_archs or REFERENCE_ARCHITECTURES
     extra: dict[str, Any] = {}
     if surrogate_epochs is not None:
@@ -441,7 +445,8 @@ def watermark_fingerprint(
         extra["budget"] = surrogate_budget
     cls = OWNERSHIP_METHODS[method]
     maker = cls(
-        n_examples=examples, epsilon=epsilon, steps=steps, surrogates=surrogates, surrogate_params=extra,
+        n_examples=examples, epsilon=epsilon, steps=steps, pool_factor=pool_factor, surrogates=surrogates,
+        surrogate_params=extra,
         references=gen_references, reference_architectures=archs, reference_epochs=reference_epochs,
         seed=seed, progress=not as_json,
     )  # fmt: skip

@@ -161,10 +161,7 @@ def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
     train = load_dataset(cfg.data.name, cfg.data.root, "train")
     test = load_dataset(cfg.data.name, cfg.data.root, "test")
     if cfg.data.train_subset:
-        pick = np.random.default_rng(cfg.seed).choice(
-            len(train), min(cfg.data.train_subset, len(train)), replace=False
-        )
-        train = train.subset(np.sort(pick))
+        train = train.sample(cfg.data.train_subset, cfg.seed)
     return train, test
 
 
