@@ -1,10 +1,12 @@
-"""What benchmarks share: the machine they ran on, recorded beside their results, and writing them."""
+"""What benchmarks share: the machine they ran on, recorded beside their results, writing them, and
+printing their tables."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +33,17 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write a benchmark's JSON results atomically and say where."""
     atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {path}")
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> None:
+    """A plain-text table: header, a rule, the rows; columns in ``right`` are right-aligned."""
+    lines = [[str(c) for c in r] for r in (header, *rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        cells = (
+            c.rjust(w) if j in right else c.ljust(w)
+            for j, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        print("  ".join(cells).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))

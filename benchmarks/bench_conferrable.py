@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import machine_info, write_report
+from _machine import machine_info, print_table, write_report
 
 from nnseal.attacks import run_attack
 from nnseal.data import load_dataset
@@ -142,12 +142,6 @@ def roc_plot(path: Path, results: list[dict[str, Any]], member: Any, data: str) 
     axes[0].set_ylabel("true positive rate")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path)
-
-
-def table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
 def main() -> None:
@@ -259,7 +253,7 @@ def main() -> None:
                      f"{r['frontier_key_accuracy']:.2f}", f"{r['natural_agreement']:.2f}",
                      r["verdict"], str(needed)])  # fmt: skip
     print()
-    table(["suspect", "group", "test acc", "CAE agree", "FS key acc", "natural agree", "CAE verdict",
+    print_table(["suspect", "group", "test acc", "CAE agree", "FS key acc", "natural agree", "CAE verdict",
            "queries"], rows)  # fmt: skip
 
     def member(r: dict[str, Any], groups: tuple[str, ...]) -> bool:
@@ -278,7 +272,7 @@ def main() -> None:
     ):
         aucs[label] = {c: auc(scores(groups, c), scores(("independent",), c)) for c in cols}
     print()
-    table(["ROC AUC", "CAE", "Frontier Stitching", "natural"],
+    print_table(["ROC AUC", "CAE", "Frontier Stitching", "natural"],
           [[k, *(f"{v[c]:.3f}" for c in cols)] for k, v in aucs.items()])  # fmt: skip
     groups_seen = list(dict.fromkeys(r["group"] for r in results))
     claimed = {g: sum(r["verdict"] == "watermarked" for r in results if r["group"] == g) for g in groups_seen}

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import machine_info, write_report
+from _machine import machine_info, print_table, write_report
 
 from nnseal.attacks import run_attack
 from nnseal.attacks.removal import STRENGTHS
@@ -123,14 +123,6 @@ def load(args: argparse.Namespace) -> tuple[Dataset, Dataset, dict[str, int]]:
         keep = n and n < len(full)
         out.append(full.subset(np.sort(rng.choice(len(full), n, replace=False))) if keep else full)
     return out[0], out[1], totals
-
-
-def table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def roc_auc(pos: list[float], neg: list[float]) -> float:
@@ -239,7 +231,7 @@ def main() -> int:
     print(f"\nkey of {len(key)} at ε {rep.epsilon:g}; default rule: α={DEFAULT_ALPHA:g}, the key's null "
           f"(upper bound p={rule.tested.p:.3f}), margin {DEFAULT_MARGIN:g} over the best reference "
           f"({rule.reference_max:.2f}): claim iff key accuracy ≥ {rule.claim_accuracy:.2f}")  # fmt: skip
-    table(
+    print_table(
         ["suspect", "group", "test acc", "key acc", "p (default)", "verdict (default)", "p (1/2 null)",
          "1/2 null, α=0.05"],
         [[r["suspect"], r["group"], f"{r['test_accuracy']:.3f}", f"{r['key_accuracy']:.2f}",

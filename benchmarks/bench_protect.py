@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import machine_info, write_report
+from _machine import machine_info, print_table, write_report
 from torch import nn
 
 from nnseal.attacks import run_attack
@@ -139,7 +139,7 @@ def learning(model: Classifier, train: Any, test: Any, seed: int, budget: int) -
     return out
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_results(rows: list[dict[str, Any]]) -> None:
     header = ["model", "acc %", "agree %", "params", "lat b1 µs", "lat b360 µs", "attack", "host rec %",
               "1st rec %", "fidelity %", "max logit err", "queries", "time s"]  # fmt: skip
     lines = [header]
@@ -163,12 +163,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                     f"{a['seconds']:.1f}",
                 ]
             )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        print("  ".join(c.ljust(w) if j in (0, 6) else c.rjust(w)
-                        for j, (c, w) in enumerate(zip(line, widths, strict=True))))  # fmt: skip
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(header, lines[1:], right=[j for j in range(len(header)) if j not in (0, 6)])
 
 
 def main() -> int:
@@ -220,7 +215,7 @@ def main() -> int:
                 flush=True,
             )
     print()
-    print_table(rows)
+    print_results(rows)
     total_s = time.perf_counter() - t_start
     print(
         f"total {total_s:.0f} s (1-min load average at start {load_start[0]:.1f}, "

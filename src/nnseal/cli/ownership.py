@@ -136,7 +136,7 @@ def watermark_embed(
     from nnseal.data import load_dataset
     from nnseal.models import load_model
     from nnseal.targets import open_target
-    from nnseal.watermark import calibrate_key, claim_rule
+    from nnseal.watermark import calibrate_key
 
     if len(reference_files) == 1:
         raise NnsealError("--reference needs at least 2 models (repeat it)")
@@ -184,33 +184,9 @@ def watermark_embed(
     )
     if r["key_accuracy_after"] < 1:
         text += "\nwarning: the key was not fully learnt; raise --epochs or --lr"
-    if null is None:
-        info["null"] = None
-        text += (
-            "\nwarning: no reference models, so the key has no calibrated null: `watermark verify` will be "
-            "inconclusive unless it calibrates (--calibrate) or is given --paper-null"
-        )
-    else:
-        rule = claim_rule(len(key), DEFAULT_ALPHA, null, DEFAULT_MARGIN)
-        acc = null.key_accuracies
-        info.update(
-            null=null.to_dict(),
-            references=key.provenance["null"]["references"],
-            calibration_seconds=calibration_s,
-            claim_key_accuracy=rule.claim_accuracy,
-            claim_alpha=DEFAULT_ALPHA,
-        )
-        text += (
-            f"\nnull calibrated on {len(acc)} reference models ({calibration_s:.0f} s): key accuracy mean "
-            f"{sum(acc) / len(acc):.2f} [{min(acc):.2f}, {max(acc):.2f}], {null.kind} p={null.p:.3f}"
-        )
-        if rule.claim_accuracy is None:
-            text += (
-                f"\nwarning: under this null no key accuracy reaches alpha={DEFAULT_ALPHA:g}: the key cannot "
-                "prove ownership (use a longer key, or a larger --epsilon)"
-            )
-        else:
-            text += f"; a claim at alpha={DEFAULT_ALPHA:g} needs key accuracy >= {rule.claim_accuracy:.0%}"
+    text += _null_summary(
+        key, null, calibration_s, info, "key accuracy", "a longer key, or a larger --epsilon"
+    )
     emit(info, as_json, text)
 
 
@@ -430,7 +406,7 @@ def watermark_fingerprint(
     from nnseal.data import load_dataset
     from nnseal.methods import OWNERSHIP_METHODS
     from nnseal.models import load_model
-    from nnseal.watermark import calibrate_key, claim_rule
+    from nnseal.watermark import calibrate_key
 
     keys = signing_keys(hmac_key_file, sign_key, no_sign)
     m = load_model(model)
@@ -480,30 +456,39 @@ def watermark_fingerprint(
         f"epsilon {epsilon:g} ({generation_s:.0f} s); conferrability mean {info['conferrability_mean']:.2f}, "
         f"min {info['conferrability_min']:.2f}"
     )
+    text += _null_summary(key, null, calibration_s, info, "agreement", "more examples")
+    emit(info, as_json, text)
+
+
+def _null_summary(
+    key: Any, null: Any, calibration_s: float, info: dict[str, Any], score: str, remedy: str
+) -> str:
+    """What the key's null allows (added to ``info``), as text: the claim threshold at the default α,
+    or a warning when there is no null or no score can reach α."""
+    from nnseal.watermark import claim_rule
+
     if null is None:
         info["null"] = None
-        text += (
+        return (
             "\nwarning: no reference models, so the key has no calibrated null: `watermark verify` will be "
             "inconclusive unless it calibrates (--calibrate) or is given --paper-null"
         )
-    else:
-        rule = claim_rule(len(key), DEFAULT_ALPHA, null, DEFAULT_MARGIN)
-        acc = null.key_accuracies
-        info.update(
-            null=null.to_dict(),
-            references=key.provenance["null"]["references"],
-            calibration_seconds=calibration_s,
-            claim_key_accuracy=rule.claim_accuracy,
-            claim_alpha=DEFAULT_ALPHA,
+    rule = claim_rule(len(key), DEFAULT_ALPHA, null, DEFAULT_MARGIN)
+    acc = null.key_accuracies
+    info.update(
+        null=null.to_dict(),
+        references=key.provenance["null"]["references"],
+        calibration_seconds=calibration_s,
+        claim_key_accuracy=rule.claim_accuracy,
+        claim_alpha=DEFAULT_ALPHA,
+    )
+    text = (
+        f"\nnull calibrated on {len(acc)} reference models ({calibration_s:.0f} s): {score} mean "
+        f"{sum(acc) / len(acc):.2f} [{min(acc):.2f}, {max(acc):.2f}], {null.kind} p={null.p:.3f}"
+    )
+    if rule.claim_accuracy is None:
+        return text + (
+            f"\nwarning: under this null no {score} reaches alpha={DEFAULT_ALPHA:g}: the key cannot "
+            f"prove ownership (use {remedy})"
         )
-        text += (
-            f"\nnull calibrated on {len(acc)} held-out reference models ({calibration_s:.0f} s): agreement "
-            f"mean {sum(acc) / len(acc):.2f} [{min(acc):.2f}, {max(acc):.2f}], {null.kind} p={null.p:.3f}"
-        )
-        if rule.claim_accuracy is None:
-            text += (
-                f"\nwarning: under this null no agreement reaches alpha={DEFAULT_ALPHA:g}: use more examples"
-            )
-        else:
-            text += f"; a claim at alpha={DEFAULT_ALPHA:g} needs agreement >= {rule.claim_accuracy:.0%}"
-    emit(info, as_json, text)
+    return text + f"; a claim at alpha={DEFAULT_ALPHA:g} needs {score} >= {rule.claim_accuracy:.0%}"
