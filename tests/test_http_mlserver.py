@@ -8,19 +8,17 @@ unless ``NNSEAL_REQUIRE_MLSERVER=1`` (set by CI), which turns a missing server i
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlserver_rig import MLServer, mlserver_executable
+from server_rig import StopServerAfter, onnx_copies, require_server
 
-from nnseal.attacks import run_attack
 from nnseal.cli import main
-from nnseal.models import export_onnx
 from nnseal.signing import default_signing_key
-from nnseal.targets import HttpTarget, OnnxTarget, Target, V2Protocol
+from nnseal.targets import HttpTarget, OnnxTarget, V2Protocol
 from nnseal.verification import Status, verify
 
 SPEC = "top1-p4"  # the int8 copy keeps every top-1 label of this fingerprint; its probabilities move
@@ -28,15 +26,8 @@ SPEC = "top1-p4"  # the int8 copy keeps every top-1 label of this fingerprint; i
 
 @pytest.fixture(scope="module")
 def onnx_models(model, tmp_path_factory) -> dict[str, str]:
-    if mlserver_executable() is None:
-        message = "MLServer venv missing: run scripts/setup-mlserver.sh"
-        if os.environ.get("NNSEAL_REQUIRE_MLSERVER") == "1":
-            pytest.fail(f"NNSEAL_REQUIRE_MLSERVER=1 but {message}")
-        pytest.skip(message)
-    d = tmp_path_factory.mktemp("onnx")
-    intact = export_onnx(model, d / "intact.onnx", model.config.input_shape)
-    tampered = run_attack("onnx-quantize", model, {"mode": "dynamic"}).save(d / "int8.onnx")
-    return {"intact": str(intact), "tampered": str(tampered)}
+    require_server("MLServer", mlserver_executable() is not None)
+    return onnx_copies(model, tmp_path_factory.mktemp("onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -75,34 +66,11 @@ def test_tampered_model_served_is_tampered(mlserver, onnx_models, fingerprint) -
     assert v.status is Status.TAMPERED and v.mismatches, v.reason
 
 
-class _StopServerAfter(Target):
-    """Forwards to ``inner`` and kills the server once ``calls`` batches were answered."""
-
-    def __init__(self, inner: HttpTarget, server: MLServer, calls: int) -> None:
-        super().__init__()
-        self.inner, self.server, self.calls = inner, server, calls
-        self.provides = inner.provides
-
-    def _predict(self, x: np.ndarray) -> np.ndarray:
-        try:
-            return self.inner.predict(x)
-        finally:
-            self.calls -= 1
-            if self.calls == 0:
-                self.server.kill()
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def stats(self) -> dict[str, int]:
-        return self.inner.stats()
-
-
 def test_server_stopped_mid_run_is_inconclusive(onnx_models, fingerprint, tmp_path) -> None:
     with MLServer({"intact": onnx_models["intact"]}, tmp_path) as server:
         t = time.perf_counter()
         inner = _target(server, "intact", retries=2, backoff=0.01)
-        v = verify(fingerprint, _StopServerAfter(inner, server, calls=2), SPEC, batch_size=5)
+        v = verify(fingerprint, StopServerAfter(inner, server, calls=2), SPEC, batch_size=5)
         seconds = time.perf_counter() - t
     assert server.proc is not None and server.proc.poll() is not None
     assert v.status is Status.INCONCLUSIVE, v.reason
