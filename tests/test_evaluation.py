@@ -65,6 +65,7 @@ TINY = {
         "false_alarm_threads": [1],
         "monte_carlo_repetitions": 10000,
         "false_alarm_fingerprints": 3,
+        "accuracy_models": 1,
     },
     "markers": {
         "strategies": ["adversarial", "bisection", "flip-rate", "hybrid"],
@@ -98,6 +99,16 @@ def test_experiment_end_to_end(tmp_path) -> None:
                 p <= t + 1e-12 for p, t in zip(by_sel[sel]["top1-p2"], by_sel[sel]["top1"], strict=True)
             )
     assert len(results.attacks) == 4 and {a["seed"] for a in results.attacks} == {0, 1000}
+    # what the trials support: the random edit has 2 independent models, the deterministic 4-bit
+    # rounding (identical answers from both seeds) one trial per distinct bag
+    assert results.trials["big-edit"]["trials"] == 2 and not results.trials["big-edit"]["deterministic"]
+    assert results.trials["4bit"]["deterministic"] and results.trials["4bit"]["trials"] == 3
+    for attack, by_sel in results.supported.items():
+        exact = results.trials[attack]["deterministic"]  # random picks of a fixed model: exact rates
+        for sel in (s for s in by_sel if not exact or s in ("ss-manc", "marker-flip-rate")):
+            for bound in by_sel[sel].values():
+                assert all(b >= results.trials[attack]["smallest_supported"] - 1e-12 for b in bound), sel
+    assert [a["metrics"].get("accuracy_after") is None for a in results.attacks] == [False, True] * 2
     assert results.false_alarms and all(x["changed_answers"] == 0 for x in results.false_alarms)
     assert all(x["not_intact"] == 0 and x["verifications"] == 3 * 2 for x in results.false_alarms)
     assert {x["pool"] for x in results.false_alarms} == {"natural", "sensitive"} | {
@@ -126,6 +137,7 @@ def test_experiment_end_to_end(tmp_path) -> None:
     assert saved["config"]["seed"] == 0 and saved["environment"]["torch"]
     report = (out / "report.md").read_text()
     assert "paper compression: SS + MANC" in report and "(Table 5)" in report
+    assert "## Attacks and trials" in report and "first 1 models" in report and "(deterministic)" in report
     assert "markers: flip-rate cover" in report and "## Marker pools" in report
     assert (out / "curves.csv").read_text().splitlines()[0] == "attack,selection,spec,n_queries,missing_rate"
 

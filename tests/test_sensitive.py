@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.grad import conv2d_weight
 
 from nnseal.methods import sensitive as mod
 from nnseal.methods.sensitive import (
@@ -173,8 +174,8 @@ def test_factored_path_equals_algorithm_1_on_trained_lenet(model, digits, which,
     ],
 )
 def test_factored_path_equals_algorithm_1_on_mlp_and_vgg(arch, shape, params, of) -> None:
-    """VGG covers batch norm (eval) weights and biases, and both ways of a conv layer's Gram step
-    (direct at 8×8, through the input Gram matrix at 2×2)."""
+    """VGG covers batch norm (eval) weights and biases, a first conv layer taken one seed at a time
+    from its unfolded input, and conv layers through the input Gram matrix."""
     model64 = _model64(arch, shape)
     params = [n for n, _ in model64.named_parameters()] if params == "all" else params
     x = torch.rand(
@@ -182,6 +183,43 @@ def test_factored_path_equals_algorithm_1_on_mlp_and_vgg(arch, shape, params, of
     )
     assert set(sensitivity_plan(model64, x, params).values()) == {"factored"}
     _assert_equals_algorithm_1(model64, x, params, of)
+
+
+class _Geometry(nn.Module):
+    """Each way of the factored path: a narrow first conv (strided) one seed at a time, a wider
+    dilated conv as one grouped convolution, a small conv through the input Gram matrix, a
+    linear layer applied at several positions (a 3-d input), and the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, stride=2, padding=1)  # 2×16×16 → 4×8×8, 18 inputs per patch
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=2, dilation=2)  # 36 inputs per patch: grouped
+        self.conv3 = nn.Conv2d(6, 6, 3, padding=1)  # at 4×4: through the Gram matrix
+        self.tok = nn.Linear(6, 8)  # per position of conv3's 4×4 output
+        self.head = nn.Linear(16 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        h = torch.relu(self.conv3(nn.functional.max_pool2d(h, 2)))
+        h = torch.relu(self.tok(h.flatten(2).transpose(1, 2)))  # (N, 16, 6) → (N, 16, 8)
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize("of", ["probs", "logits"])
+@pytest.mark.parametrize("which", ["all", "weights", "biases"])
+def test_factored_path_equals_algorithm_1_for_each_way(which, of, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model64 = _Geometry().double().eval()
+    names = [n for n, _ in model64.named_parameters()]
+    params = {"all": names, "weights": [n for n in names if n.endswith("weight")]}.get(
+        which, [n for n in names if n.endswith("bias")]
+    )
+    x = torch.rand(2, 2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert set(sensitivity_plan(model64, x, params).values()) == {"factored"}
+    grouped = []
+    monkeypatch.setattr(mod, "conv2d_weight", lambda *a, **k: grouped.append(1) or conv2d_weight(*a, **k))
+    _assert_equals_algorithm_1(model64, x, params, of)
+    assert bool(grouped) == (which != "biases")  # conv2's weight took the grouped convolution
 
 
 class _Odd(nn.Module):

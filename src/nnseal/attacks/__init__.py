@@ -4,7 +4,7 @@ result = run_attack("prune", model, {"amount": 0.5}, test=test)
 result.lineage_str, result.record["metrics"]["accuracy_after"], result.save("pruned.safetensors")
 """
 
-from nnseal.attacks import compression, removal, training, watermarking, weights
+from nnseal.attacks import bivbench, compression, removal, training, watermarking, weights
 from nnseal.attacks.base import (
     ATTACKS,
     Attack,
@@ -21,6 +21,7 @@ __all__ = [
     "Attack",
     "AttackContext",
     "AttackResult",
+    "bivbench",
     "compression",
     "lineage_str",
     "register",

@@ -50,6 +50,27 @@ def modify_weights(
     return model
 
 
+@register("noise")
+def noise(
+    model: nn.Module, ctx: AttackContext, *, prefix: str = "head.", relative: float = 0.01
+) -> nn.Module:
+    """Gaussian weight noise: every parameter whose name starts with ``prefix`` ('' = all) becomes
+    w·(1 + relative·N(0, 1)), seeded (a cheap tamper family: thousands of independent copies)."""
+    chosen = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+    if not chosen:
+        raise ValueError(
+            f"no parameter starts with {prefix!r}; model has: "
+            + ", ".join(n for n, _ in model.named_parameters())
+        )
+    if relative <= 0:
+        raise ValueError(f"relative must be > 0, got {relative}")
+    gen = torch.Generator().manual_seed(ctx.seed)
+    with torch.no_grad():
+        for p in chosen:
+            p.mul_(1 + relative * torch.randn(p.shape, generator=gen))
+    return model
+
+
 @register("flip-weight", needs_data=True)
 def flip_weight(
     model: nn.Module, ctx: AttackContext, *, param: str = "head.weight", index: int = -1

@@ -99,7 +99,7 @@ class HttpConfig:
                 max_queries=self.max_queries,
                 max_response_bytes=self.max_response_bytes,
                 num_classes=fp.probabilities.shape[1],
-                token=os.environ.get(self.token_env) or None,
+                token=os.environ.get(self.token_env) or "",  # "" = none: no fallback to another variable
                 headers=headers,
                 verify_tls=not self.insecure,
                 ca_bundle=str(self.ca_bundle) if self.ca_bundle else None,

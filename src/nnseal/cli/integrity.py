@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from nnseal.cli.app import Interrupted, main
 from nnseal.cli.http import HttpConfig, http_options
@@ -67,7 +70,11 @@ _reuse = click.option(
 
 @main.command(cls=LiveHelp, live_help=_method_help, short_help="Make a fingerprint of a model.")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--method", default="sensitive-sample", show_default=True, help="Fingerprinting method.")
+@click.option(
+    "--method",
+    help="Fingerprinting method [default: boundary-sensitive when --specs is top1 alone (labels-only "
+    "APIs), else sensitive-sample].",
+)
 @params_option
 @click.option("--data", "dataset", default="digits", show_default=True, help="Dataset the seeds come from.")
 @root_option
@@ -97,7 +104,7 @@ _reuse = click.option(
 @json_option
 def fingerprint(
     model: Path,
-    method: str,
+    method: str | None,
     params: tuple[str, ...],
     dataset: str,
     root: Path | None,
@@ -123,6 +130,8 @@ def fingerprint(
     from nnseal.models import load_model
     from nnseal.numerics import ServingWarning
 
+    if method is None:
+        method = "boundary-sensitive" if specs.strip() == "top1" else "sensitive-sample"
     if method not in METHODS:
         raise NnsealError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
     if fresh:
@@ -249,10 +258,44 @@ def verify_cmd(
     sys.exit(verdict.exit_code)
 
 
+_FLEET_WIDE = frozenset(
+    {
+        "fleet_file",
+        "parallel",
+        "max_runs",
+        "metrics_port",
+        "hmac_key_file",
+        "public_keys",
+        "allow_unsigned",
+    }
+)
+"""The options of ``watch --fleet`` that apply to every target; the fleet file sets the others."""
+
+
 @main.command()
-@click.argument("fingerprint_file", metavar="FINGERPRINT", type=click.Path(path_type=Path))
+@click.argument("fingerprint_file", metavar="[FINGERPRINT]", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--fleet",
+    "fleet_file",
+    metavar="FLEET.toml",
+    type=click.Path(path_type=Path),
+    help="Watch every target of this fleet file (format above) instead of FINGERPRINT at --url.",
+)
+@click.option(
+    "--parallel",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --fleet: most targets verified at once.",
+)
 @click.option("--interval", default=60.0, show_default=True, help="Seconds from one run's start to the next.")
-@click.option("--max-runs", type=int, help="Stop after this many runs (default: run until tampered).")
+@click.option(
+    "--max-runs",
+    "--runs",
+    "max_runs",
+    type=int,
+    help="Stop after this many runs, per target with --fleet (default: run until tampered).",
+)
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option("--spec", help="Output spec to compare (default: the fingerprint's first).")
 @click.option("--budget", type=int, help="Most fingerprint queries per run (fewer → inconclusive).")
@@ -262,7 +305,9 @@ def verify_cmd(
 @signature_check
 @http_options
 def watch(
-    fingerprint_file: Path,
+    fingerprint_file: Path | None,
+    fleet_file: Path | None,
+    parallel: int,
     interval: float,
     max_runs: int | None,
     metrics_port: int | None,
@@ -276,16 +321,41 @@ def watch(
     allow_unsigned: bool,
     http: HttpConfig,
 ) -> None:
-    """Verify the prediction API at --url against FINGERPRINT every --interval seconds.
+    """Verify the prediction API at --url against FINGERPRINT every --interval seconds, or every
+    target of a --fleet file, each on its own schedule.
 
     Prints one JSON line per run. Exit code: 1 at the first tampered verdict; after --max-runs,
     3 if any run was inconclusive, else 0; 2 bad input.
+
+    --fleet FLEET.toml: a [defaults] table and [[targets]] tables, each with a unique name, a
+    fingerprint (relative paths from the file's folder), a url, and optionally interval, budget, spec,
+    batch_size and any remote-target option above by its long name with _ for - (model_name, timeout
+    …). Credentials only as the names of environment variables: token_env = "VAR", header_env =
+    {"X-Api-Key" = "VAR"}. The whole file and every fingerprint's signature (checked as for one
+    target) pass before any run. Each JSON line has the target's "name", each metric a target label.
+    After n inconclusive runs in a row a target waits interval × 2^n, at most 8 intervals; a tampered
+    target is not verified again. Exit code: 1 if any target was tampered, else 3 if any target's
+    latest run was inconclusive, else 0; 2 bad input.
     """
     from nnseal.watch import WatchMetrics
     from nnseal.watch import watch as run_watch
 
-    if not http.url:
-        raise NnsealError("watch needs --url")
+    ctx = click.get_current_context()
+    given = [
+        p for p in ctx.command.params if ctx.get_parameter_source(p.name or "") is ParameterSource.COMMANDLINE
+    ]
+    if fleet_file is not None:
+        for p in given:
+            if p.name not in _FLEET_WIDE:
+                raise NnsealError(_not_with_fleet(p))
+        load = functools.partial(
+            load_signed, hmac_key_file=hmac_key_file, public_keys=public_keys, allow_unsigned=allow_unsigned
+        )
+        sys.exit(_watch_fleet(fleet_file, load, parallel, max_runs, metrics_port))
+    if any(p.name == "parallel" for p in given):
+        raise NnsealError("--parallel goes with --fleet")
+    if fingerprint_file is None or not http.url:
+        raise NnsealError("watch needs FINGERPRINT and --url, or --fleet FLEET.toml")
     fp = load_signed(fingerprint_file, hmac_key_file, public_keys, allow_unsigned)
     make = http.target_factory(fp)
     metrics = WatchMetrics(metrics_port) if metrics_port is not None else None
@@ -298,10 +368,54 @@ def watch(
             click.echo(json.dumps(record))
             statuses.append(record["status"])
     except (KeyboardInterrupt, Interrupted) as e:
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        counts = ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses))) or "none finished"
-        raise Interrupted(signum, f"watch stopped after {len(statuses)} runs ({counts})") from None
+        raise _stopped(e, statuses) from None
     finally:
         if metrics is not None:
             metrics.close()
     sys.exit(1 if "tampered" in statuses else 3 if "inconclusive" in statuses else 0)
+
+
+def _watch_fleet(
+    path: Path, load: Callable[[Path], Fingerprint], parallel: int, max_runs: int | None, port: int | None
+) -> int:
+    """Watch every target of the fleet file ``path``; the fleet's exit code (see ``watch --help``)."""
+    from nnseal.cli.fleet import load_fleet
+    from nnseal.fleet import fleet_status, watch_fleet
+    from nnseal.verification import Status
+    from nnseal.watch import WatchMetrics
+
+    targets = load_fleet(path, load)
+    metrics = WatchMetrics(port, per_target=True) if port is not None else None
+    statuses: list[str] = []
+    latest: dict[str, Status] = {}
+    try:
+        for record in watch_fleet(targets, parallel=parallel, max_runs=max_runs, metrics=metrics):
+            click.echo(json.dumps(record))
+            statuses.append(record["status"])
+            latest[record["name"]] = Status(record["status"])
+    except (KeyboardInterrupt, Interrupted) as e:
+        raise _stopped(e, statuses) from None
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return fleet_status(latest.values()).exit_code
+
+
+def _not_with_fleet(option: click.Parameter) -> str:
+    from nnseal.cli.fleet import fleet_key
+
+    if option.name == "url":
+        return "give --url (one target) or --fleet (a fleet file), not both"
+    if option.name == "fingerprint_file":
+        return "with --fleet, each target's fingerprint is named in the fleet file: drop FINGERPRINT"
+    key = fleet_key(option)
+    if key is None:
+        return f"{option.opts[0]} does not go with --fleet"
+    return f"with --fleet, {option.opts[0]} goes in the fleet file, as {key} ([defaults] or a target)"
+
+
+def _stopped(e: KeyboardInterrupt | Interrupted, statuses: list[str]) -> Interrupted:
+    """The interruption of a watch, saying how many runs ended and how."""
+    signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+    counts = ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses))) or "none finished"
+    return Interrupted(signum, f"watch stopped after {len(statuses)} runs ({counts})")

@@ -75,6 +75,8 @@ class AttackConfig:
     paper: str | None = (
         None  # the SSF paper's row to print beside: trojan, error-generic, error-specific, compression
     )
+    seeds: int = 0  # independently attacked models (0: [evaluation] seeds_per_attack)
+    held_out: bool | None = None  # whether the family is kept out of the methods' simulated tamperings
 
 
 @dataclass
@@ -91,6 +93,7 @@ class EvalSettings:
     false_alarm_fingerprints: int = 20  # random 10-query fingerprints per pool verified per setup and spec
     monte_carlo_repetitions: int = 0  # > 0: also simulate random selection this many times
     stealth: bool = True  # the provider's four query detectors (nnseal.detectors) per selection
+    accuracy_models: int = 20  # test accuracy measured on the first this many models per attack (0: all)
     stealth_queries: int = 20  # ordered selections: the first this many picks of each bag are scored
 
 
@@ -203,4 +206,6 @@ def config_from_dict(raw: dict[str, Any], base: Path | None = None) -> Experimen
         )
     if cfg.evaluation.seeds_per_attack < 1 or cfg.evaluation.manc_bags < 1 or cfg.evaluation.n_max < 1:
         raise NnsealError("seeds_per_attack, manc_bags and n_max must be >= 1")
+    if any(a.seeds < 0 for a in cfg.attacks):
+        raise NnsealError("[[attacks]] seeds must be >= 0 (0: seeds_per_attack)")
     return cfg

@@ -20,23 +20,25 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from nnseal import __version__
-from nnseal.attacks import run_attack
 from nnseal.data import Dataset, load_dataset
 from nnseal.detectors import stealth_scores
-from nnseal.evaluation.config import ExperimentConfig
+from nnseal.evaluation import sweep
+from nnseal.evaluation.config import AttackConfig, ExperimentConfig
 from nnseal.evaluation.stats import (
-    first_detection,
+    CONFIDENCE,
+    first_detections,
     missing_rate_exact,
     missing_rate_monte_carlo,
     missing_rate_ordered,
     queries_needed,
+    smallest_supported,
+    upper_curve,
 )
 from nnseal.fingerprint import Fingerprint
 from nnseal.methods import (
@@ -52,6 +54,9 @@ from nnseal.models.train import evaluate_accuracy
 from nnseal.outputs import OutputSpec
 from nnseal.targets import OnnxTarget, Target, TorchTarget
 from nnseal.verification import Status, verify
+
+if TYPE_CHECKING:
+    from dask.distributed import Client
 
 
 @dataclass
@@ -69,7 +74,9 @@ class Results:
     config: dict[str, Any]
     model_accuracy: float
     curves: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)  # attack→sel→spec
+    supported: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)  # attack→sel→spec
     needed: dict[str, dict[str, dict[str, dict[str, int | None]]]] = field(default_factory=dict)
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)
     attacks: list[dict[str, Any]] = field(default_factory=list)
     false_alarms: list[dict[str, Any]] = field(default_factory=list)
     monte_carlo: list[dict[str, Any]] = field(default_factory=list)
@@ -114,16 +121,6 @@ def methods_from_config(cfg: ExperimentConfig, progress: bool = False) -> list[t
     return out
 
 
-def build_pools(model: Classifier, test: Dataset, methods: dict[str, Method]) -> dict[str, Pool]:
-    """Every method's margin-filtered candidates, made by the shipped :meth:`Method.pool`."""
-    pools = {}
-    for name, method in methods.items():
-        t0 = time.perf_counter()
-        pools[name] = method.pool(model, test)
-        pools[name].info["generation_s"] = time.perf_counter() - t0
-    return pools
-
-
 def selections(pools: dict[str, Pool]) -> list[Selection]:
     """Random picks from every pool; the method's ordered picks where its pool has a cover
     (sensitive samples: SS + random and SS + MANC, the paper's columns)."""
@@ -165,8 +162,27 @@ def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
     return train, test
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Results, dict[str, Pool]]:
-    """Run everything the config asks for; returns results (JSON-ready) and the pools (for images)."""
+def run_experiment(
+    cfg: ExperimentConfig, progress: bool = True, scheduler: str | None = None
+) -> tuple[Results, dict[str, Pool]]:
+    """Run everything the config asks for; returns results (JSON-ready) and the pools (for images).
+
+    ``scheduler`` (``local:N`` or ``tcp://HOST:PORT``, see :mod:`nnseal.evaluation.sweep`) runs the
+    pools, serving checks and attacked models as Dask tasks, and everything with one torch thread:
+    float results depend on the thread count, and these are a serial run's with one thread
+    (``OMP_NUM_THREADS=1``)."""
+    if scheduler is None:
+        return _run(cfg, progress, None)
+    sweep.parse_scheduler(scheduler)  # a bad one fails before anything starts
+    t0 = time.perf_counter()
+    with sweep.dask_client(scheduler) as client, sweep.torch_threads(1):
+        start_s = time.perf_counter() - t0
+        results, pools = _run(cfg, progress, client)
+    results.timings["cluster_start_s"] = start_s
+    return results, pools
+
+
+def _run(cfg: ExperimentConfig, progress: bool, client: Client | None) -> tuple[Results, dict[str, Pool]]:
     t_start = time.perf_counter()
     ev, specs = cfg.evaluation, [OutputSpec.parse(s) for s in cfg.evaluation.specs]
     train, test = load_data(cfg)
@@ -184,8 +200,16 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
         "machine": platform.machine(),
     }
     results.timings["train_s"] = time.perf_counter() - t_start
-    methods = dict(methods_from_config(cfg, progress))
-    pools = build_pools(model, test, methods)
+    methods = dict(methods_from_config(cfg, progress and client is None))  # no bars from workers
+    local = sweep.Inputs(model, train, test)
+    inputs = sweep.share(client, local)
+    jobs = {name: (m, "test", None) for name, m in methods.items()}
+    if ev.stealth:  # the provider's own pools (another seed, training split) for its detector
+        jobs |= {f"provider {name}": (m, "train", cfg.seed + 7) for name, m in methods.items()}
+    made = dict(
+        zip(jobs, sweep.run_tasks(client, sweep.generate_pool, list(jobs.values()), inputs), strict=True)
+    )
+    pools = {name: made[name] for name in methods}
     results.timings["generation_s"] = pools["sensitive"].info["generation_s"]
     sels = selections(pools)
     n_max = min(ev.n_max, *(len(p) for p in pools.values()))
@@ -197,61 +221,68 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> tuple[Result
     results.pools = {name: _summary(p) for name, p in pools.items()}
     results.markers = {name: results.pools[name] for name in pools if name.startswith("marker-")}
     rng = np.random.default_rng(cfg.seed + 1)
-    orders = _orders(methods, pools, sels, n_max, ev.manc_bags, cfg.fingerprint.bag, rng)
+    bags = max(ev.manc_bags, *(_seeds(a, ev) for a in cfg.attacks)) if cfg.attacks else ev.manc_bags
+    orders = _orders(methods, pools, sels, n_max, bags, cfg.fingerprint.bag, rng)
 
     if ev.stealth:
         t0 = time.perf_counter()
+        provider = {name: made[f"provider {name}"] for name in methods}
         results.stealth = _stealth(
-            model, methods, pools, sels, orders, train, test, ev.stealth_queries, cfg.seed
+            model, pools, provider, sels, orders, train, test, ev.stealth_queries, cfg.seed
         )
         results.timings["stealth_s"] = time.perf_counter() - t0
-    results.false_alarms = _false_alarms(model, pools, specs, ev, Path(cfg.out), cfg.seed)
+    results.false_alarms = _false_alarms(model, pools, specs, ev, Path(cfg.out), cfg.seed, inputs, client)
     t0 = time.perf_counter()
-    for attack in tqdm(cfg.attacks, desc="attacks", disable=not progress):
+    queries = {name: p.x for name, p in pools.items()}
+    units = [
+        sweep.Unit(
+            a.name, a.kind, a.params, cfg.seed + 1000 * k, not ev.accuracy_models or k < ev.accuracy_models
+        )  # thousands of copies: accuracy measured on a sample
+        for a in cfg.attacks
+        for k in range(_seeds(a, ev))
+    ]
+    cache = sweep.UnitCache(
+        Path(cfg.out) / "cache", sweep.inputs_digest(local, queries, torch.get_num_threads())
+    )
+    outcomes = iter(sweep.run_units(units, inputs, queries, cache, client, progress))
+    for attack in cfg.attacks:
         detections: dict[str, list[dict[str, np.ndarray]]] = {str(s): [] for s in specs}
-        for k in range(ev.seeds_per_attack):
-            seed = cfg.seed + 1000 * k
-            result = run_attack(
-                attack.kind,
-                model,
-                attack.params,
-                train=train,
-                test=test,
-                seed=seed,
-            )
-            target = result.target()
-            answers = {name: target.predict(p.x) for name, p in pools.items()}
-            results.attacks.append(
-                {
-                    "attack": attack.name,
-                    "seed": seed,
-                    "lineage": result.lineage_str,
-                    "metrics": result.record["metrics"],
-                }
-            )
+        per_model: list[dict[str, np.ndarray]] = []
+        for _ in range(_seeds(attack, ev)):
+            outcome = next(outcomes)
+            per_model.append(outcome.answers)
+            results.attacks.append(outcome.record)
             for s in specs:
                 detections[str(s)].append(
-                    {name: _detects(s, pools[name].probs, a) for name, a in answers.items()}
+                    {name: _detects(s, pools[name].probs, a) for name, a in outcome.answers.items()}
                 )
-        results.curves[attack.name], results.needed[attack.name] = _curves(
-            detections, sels, orders, n_max, ev.alphas
+        deterministic = (
+            len(per_model) > 1
+            and all(  # seen, not assumed: ≥ 2 seeds answered identically
+                np.array_equal(m[name], per_model[0][name]) for m in per_model[1:] for name in pools
+            )
         )
+        curves, supported, needed, trials = _curves(
+            detections, sels, orders, n_max, ev.alphas, ev.manc_bags, deterministic
+        )
+        results.curves[attack.name], results.supported[attack.name] = curves, supported
+        results.needed[attack.name], results.trials[attack.name] = needed, trials
         if ev.monte_carlo_repetitions:
             results.monte_carlo += _monte_carlo_check(attack.name, detections, ev, cfg.seed)
     results.resolution["manc_trials"] = ev.manc_bags * ev.seeds_per_attack
+    results.resolution["confidence"] = CONFIDENCE
     results.timings["attacks_and_evaluation_s"] = time.perf_counter() - t0
     results.timings["total_s"] = time.perf_counter() - t_start
     return results, pools
 
 
 def _stealth(
-    model: Classifier, methods: dict[str, Method], pools: dict[str, Pool], sels: list[Selection],
+    model: Classifier, pools: dict[str, Pool], provider: dict[str, Pool], sels: list[Selection],
     orders: dict[str, list[np.ndarray]], train: Dataset, test: Dataset, first: int, seed: int,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Each selection's detector AUCs: test traffic vs the queries it sends (ordered selections: the
-    first ``first`` picks of every bag). The provider trains its statistics detector on pools it makes
-    itself with the same method from the training split (another seed)."""
-    provider = {n: m.pool(model, train, np.random.default_rng(seed + 7)) for n, m in methods.items()}
+    first ``first`` picks of every bag). The provider trains its statistics detector on ``provider``,
+    pools it makes itself with the same methods from the training split (another seed)."""
     out = {}
     for sel in sels:
         pool = pools[sel.pool]
@@ -265,29 +296,67 @@ def _stealth(
     return out
 
 
+def _seeds(attack: AttackConfig, ev: Any) -> int:
+    """Independently attacked models for ``attack``: its own ``seeds`` or ``seeds_per_attack``."""
+    return attack.seeds or ev.seeds_per_attack
+
+
 def _curves(
     detections: dict[str, list[dict[str, np.ndarray]]],
     sels: list[Selection],
     orders: dict[str, list[np.ndarray]],
     n_max: int,
     alphas: list[float],
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, dict[str, int | None]]]]:
+    bags: int,
+    deterministic: bool,
+) -> tuple[dict, dict, dict, dict[str, Any]]:
+    """Per selection and spec: the missing-rate curve, the rate the trials *support* at each N, and
+    the queries needed for each α on the supported rate (what the report prints).
+
+    Random selections: exact over the query draw for each attacked model, averaged over models;
+    with a random attack, no rate below :func:`smallest_supported` of the models is claimed.
+    Ordered selections: the curve over every (bag, model) pair among the first ``bags`` bags, and a
+    Clopper–Pearson upper bound from independent trials — bag k with model k, or, when every
+    attacked model answered identically (a deterministic attack), every bag with that model."""
+    models = len(next(iter(detections.values())))
+    trials = models
     curves: dict[str, dict[str, list[float]]] = {s.name: {} for s in sels}
+    supported: dict[str, dict[str, list[float]]] = {s.name: {} for s in sels}
     for spec, per_model in detections.items():
         for sel, pool, mode in ((s.name, s.pool, s.mode) for s in sels):
             if mode == "random":
                 curve = np.mean(
                     [missing_rate_exact(len(d[pool]), int(d[pool].sum()), n_max) for d in per_model], axis=0
                 )
+                floor = 0.0 if deterministic else smallest_supported(models)
+                bound = np.maximum(curve, floor)
             else:
-                firsts = [first_detection(order, d[pool]) for d in per_model for order in orders[sel]]
-                curve = missing_rate_ordered(np.array(firsts), n_max)
-            curves[sel][spec] = curve.tolist()
+                picks = np.stack([o[:n_max] for o in orders[sel]])
+                detects = np.stack([d[pool] for d in per_model])
+                cross = [
+                    first_detections(picks[:bags], np.repeat(d[None], min(bags, len(picks)), 0))
+                    for d in detects
+                ]
+                curve = missing_rate_ordered(np.concatenate(cross), n_max)
+                if deterministic:  # independent trials are distinct bags (one, when every bag is the pool)
+                    picks = np.unique(picks, axis=0)
+                    firsts = first_detections(picks, np.repeat(detects[:1], len(picks), 0))
+                else:
+                    firsts = first_detections(picks[np.arange(models) % len(picks)], detects)
+                trials = len(firsts)
+                bound = upper_curve(firsts, n_max)
+            curves[sel][spec], supported[sel][spec] = curve.tolist(), bound.tolist()
     needed = {
         sel: {spec: {f"{a:g}": queries_needed(np.array(c), a) for a in alphas} for spec, c in by_spec.items()}
-        for sel, by_spec in curves.items()
+        for sel, by_spec in supported.items()
     }
-    return curves, needed
+    info = {
+        "trials": trials,
+        "models": models,
+        "deterministic": deterministic,
+        "smallest_supported": smallest_supported(trials),
+    }
+    return curves, supported, needed, info
 
 
 def _monte_carlo_check(name: str, detections: dict, ev: Any, seed: int) -> list[dict[str, Any]]:
@@ -326,18 +395,20 @@ def _summary(pool: Pool) -> dict[str, Any]:
 
 
 def _false_alarms(
-    model: Classifier, pools: dict[str, Pool], specs: list[OutputSpec], ev: Any, out: Path, seed: int
-) -> list[dict[str, Any]]:
+    model: Classifier, pools: dict[str, Pool], specs: list[OutputSpec], ev: Any, out: Path, seed: int,
+    inputs: Any, client: Client | None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Query every pool sample on the intact model through each serving setup; any changed answer
     would be a false alarm for a fingerprint containing it. Then verify ``false_alarm_fingerprints``
-    random 10-query fingerprints per pool through every setup under every spec with :func:`verify`."""
-    onnx = export_onnx(model, out / "intact.onnx", model.config.input_shape)
-    targets: list[tuple[str, Target]] = [
-        (f"torch batch {b} threads {t}", TorchTarget(model, batch_size=b, threads=t))
+    random 10-query fingerprints per pool through every setup under every spec with :func:`verify`.
+    One task per setup."""
+    onnx = export_onnx(model, out / "intact.onnx", model.config.input_shape).read_bytes()
+    setups = [
+        (f"torch batch {b} threads {t}", b, t)
         for b in ev.false_alarm_batch_sizes
         for t in ev.false_alarm_threads
     ]
-    targets.append(("onnxruntime", OnnxTarget(onnx)))
+    setups.append(("onnxruntime", 0, 0))
     rng = np.random.default_rng(seed)
     fingerprints = {
         name: [
@@ -348,20 +419,33 @@ def _false_alarms(
         ]
         for name, p in pools.items()
     }
+    checked = sweep.share(
+        client, {"pools": pools, "fingerprints": fingerprints, "specs": specs, "onnx": onnx}
+    )
+    return [row for rows in sweep.run_tasks(client, _setup_alarms, setups, inputs, checked) for row in rows]
+
+
+def _setup_alarms(
+    name: str, batch: int, threads: int, inputs: sweep.Inputs, checked: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """:func:`_false_alarms` through one setup: torch with ``batch`` and ``threads`` (batch 0: ONNX)."""
+    pools, specs = checked["pools"], checked["specs"]
+    target: Target = (
+        TorchTarget(inputs.model, batch_size=batch, threads=threads) if batch else OnnxTarget(checked["onnx"])
+    )
     rows = []
-    for name, target in targets:
-        for pool_name, p in pools.items():
-            answers = target.predict(p.x)
-            verdicts = [verify(fp, target, s).status for fp in fingerprints[pool_name] for s in specs]
-            rows.append(
-                {
-                    "target": name,
-                    "pool": pool_name,
-                    "queries": len(p),
-                    "comparisons": len(p) * len(specs),
-                    "changed_answers": int(sum(_detects(s, p.probs, answers).sum() for s in specs)),
-                    "verifications": len(verdicts),
-                    "not_intact": sum(v is not Status.INTACT for v in verdicts),
-                }
-            )
+    for pool_name, p in pools.items():
+        answers = target.predict(p.x)
+        verdicts = [verify(fp, target, s).status for fp in checked["fingerprints"][pool_name] for s in specs]
+        rows.append(
+            {
+                "target": name,
+                "pool": pool_name,
+                "queries": len(p),
+                "comparisons": len(p) * len(specs),
+                "changed_answers": int(sum(_detects(s, p.probs, answers).sum() for s in specs)),
+                "verifications": len(verdicts),
+                "not_intact": sum(v is not Status.INTACT for v in verdicts),
+            }
+        )
     return rows

@@ -177,6 +177,47 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _rate(estimate: float, bound: float) -> str:
+    """A missing rate (%) as the trials support it: the estimate and, where it is above it, the bound."""
+    if bound <= estimate:
+        return _pct(estimate)
+    return f"≤ {_pct(bound)}" if estimate == 0 else f"{_pct(estimate)} (≤ {_pct(bound)})"
+
+
+def _by_attack(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for a in rows:
+        out.setdefault(a["attack"], []).append(a)
+    return out
+
+
+def _attack_row(r: Results, name: str, rows: list[dict[str, Any]]) -> list[str]:
+    """One attack's models summarised: accuracy mean (range), success, trials and what they support."""
+    cfg = next(a for a in r.config["attacks"] if a["name"] == name)
+    measured = [a for a in rows if a["metrics"].get("accuracy_after") is not None]
+    before = measured[0]["metrics"]["accuracy_before"]
+    after = np.array([a["metrics"]["accuracy_after"] for a in measured])
+    success = [
+        a["metrics"]["attack_success_rate"]
+        for a in rows
+        if a["metrics"].get("attack_success_rate") is not None
+    ]
+    spread = f" ({after.min():.2%}–{after.max():.2%})" if after.min() != after.max() else ""
+    if len(measured) < len(rows):
+        spread += f", first {len(measured)} models"
+    trials = r.trials.get(name, {})
+    held = {True: "yes", False: "no", None: "—"}[cfg.get("held_out")]
+    return [
+        f"{name} `{rows[0]['lineage']}`",
+        str(len(rows)),
+        held,
+        f"{before:.2%} → {after.mean():.2%}{spread}",
+        f"{np.mean(success):.1%}" if success else "—",
+        f"{trials.get('trials', '—')}{' (deterministic)' if trials.get('deterministic') else ''}",
+        f"{trials['smallest_supported']:.2g}" if trials else "—",
+    ]
+
+
 STEALTH_ALPHA = 1e-4
 STEALTH_SPECS = ("top1", "top1-p4")
 
@@ -228,27 +269,27 @@ def _markdown(r: Results) -> str:
         f"{cfg['data']['name']} · {cfg['model']['arch']} (test accuracy {r.model_accuracy:.2%}) · pool of "
         f"{res['pool_sensitive']} sensitive samples ({cfg['fingerprint']['steps']} steps, L∞ ε = "
         f"{cfg['fingerprint']['epsilon']}) and {res['pool_natural']} natural inputs · MANC bags of "
-        f"{cfg['fingerprint']['bag']}, {ev['manc_bags']} bags × {ev['seeds_per_attack']} attack seeds = "
-        f"{res['manc_trials']} trials per attack. Natural and SS + random missing rates are exact "
-        "(hypergeometric over the pool, averaged over attack seeds); SS + MANC rates are empirical over the "
-        f"trials, so a rate of 0 there means below 1/{res['manc_trials']}.",
+        f"{cfg['fingerprint']['bag']}. Missing rates are claimed only up to what the trials support: "
+        f"the one-sided {res.get('confidence', 0.95):.0%} Clopper–Pearson upper bound (`≤ x`). Ordered "
+        "selections (SS + MANC, flip-rate, boundary-sensitive, covert) are scored on independent trials "
+        "(bag k with attacked model k; a deterministic attack: every bag with its one model); natural and "
+        "SS + random rates are exact over the query draw, averaged over the attacked models, and never "
+        "claimed below what that many models support. Queries needed at α count only where the bound "
+        "reaches α.",
         "",
-        "## Attacks",
+        "## Attacks and trials",
         "",
         markdown_table(
-            ["attack", "seed", "lineage", "accuracy before → after", "attack success"],
             [
-                [
-                    a["attack"],
-                    a["seed"],
-                    f"`{a['lineage']}`",
-                    f"{a['metrics']['accuracy_before']:.2%} → {a['metrics']['accuracy_after']:.2%}",
-                    "—"
-                    if a["metrics"].get("attack_success_rate") is None
-                    else f"{a['metrics']['attack_success_rate']:.1%}",
-                ]
-                for a in r.attacks
+                "attack",
+                "models",
+                "held out",
+                "accuracy before → after",
+                "attack success",
+                "trials",
+                "smallest supported",
             ],
+            [_attack_row(r, name, rows) for name, rows in _by_attack(r.attacks).items()],
         ),
         "",
         f"## Missing rate (%) vs N_S, SS + MANC, {spec} (Table 3)",
@@ -257,8 +298,8 @@ def _markdown(r: Results) -> str:
     ns = [n for n in PAPER_TABLE3_N if n <= res["n_max"]]
     rows = []
     for attack, by_sel in r.curves.items():
-        curve = by_sel["ss-manc"][spec]
-        rows.append([f"{attack} (nnseal)", *[_pct(curve[n - 1]) for n in ns]])
+        curve, bound = by_sel["ss-manc"][spec], r.supported[attack]["ss-manc"][spec]
+        rows.append([f"{attack} (nnseal)", *[_rate(curve[n - 1], bound[n - 1]) for n in ns]])
         if paper_of.get(attack) in PAPER_TABLE3:
             rows.append(
                 [
@@ -275,8 +316,9 @@ def _markdown(r: Results) -> str:
 
     md += ["## Missing rate (%) by output specification, SS + MANC (Table 4)", ""]
     for attack, by_sel in r.curves.items():
+        bound = r.supported[attack]["ss-manc"]
         rows = [
-            [str(n), *[_pct(by_sel["ss-manc"][s][n - 1]) for s in ev["specs"]]]
+            [str(n), *[_rate(by_sel["ss-manc"][s][n - 1], bound[s][n - 1]) for s in ev["specs"]]]
             for n in (1, 2, 3)
             if n <= res["n_max"]
         ]
@@ -285,7 +327,8 @@ def _markdown(r: Results) -> str:
     md += [
         f"## Queries needed for missing rate α, {spec} (Table 5)",
         "",
-        "`—` = not reached within the pool (natural / SS + random) or within n_max (SS + MANC).",
+        "`—` = the supported missing rate (95 % upper bound) does not reach α within the pool (natural / "
+        "SS + random) or within n_max (ordered selections); see the trials column above.",
         "",
     ]
     alphas = [f"{a:g}" for a in ev["alphas"]]

@@ -12,11 +12,18 @@ differs; the missing rate is the probability that none does.
 * **Deterministic selection** (MANC on a given bag): the queries are the first N picks of a fixed
   order, so for each (bag, attacked model) the outcome is known exactly from the position of the
   first detecting pick; repetitions re-draw the bag.
+
+What trials support: a missing rate estimated from n independent trials is only claimed up to its
+one-sided 95 % Clopper–Pearson upper bound (:func:`upper_bound`); with no miss that bound is
+1 − 0.05^{1/n} ≈ 3/n (:func:`smallest_supported`), so "no miss in 60 trials" supports 0.049, not 1e-8.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import beta
+
+CONFIDENCE = 0.95
 
 
 def missing_rate_exact(pool_size: int, detecting: int, n_max: int) -> np.ndarray:
@@ -60,3 +67,32 @@ def queries_needed(missing: np.ndarray, alpha: float) -> int | None:
     """Smallest N (1-based) with missing rate ≤ alpha, or None if no N in the curve reaches it."""
     ok = np.flatnonzero(np.asarray(missing) <= alpha)
     return int(ok[0]) + 1 if len(ok) else None
+
+
+def upper_bound(misses: int, trials: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper–Pearson upper bound on a missing rate seen ``misses`` times in ``trials``."""
+    if not 0 <= misses <= trials:
+        raise ValueError(f"need 0 <= misses <= trials, got {misses} of {trials}")
+    if misses == trials:
+        return 1.0
+    return float(beta.ppf(confidence, misses + 1, trials - misses))
+
+
+def smallest_supported(trials: int, confidence: float = CONFIDENCE) -> float:
+    """The smallest missing rate ``trials`` independent trials can support: the bound at no miss."""
+    return upper_bound(0, trials, confidence) if trials else 1.0
+
+
+def upper_curve(first_detection: np.ndarray, n_max: int, confidence: float = CONFIDENCE) -> np.ndarray:
+    """Upper bounds for N = 1..n_max from the first detecting query of independent trials."""
+    first = np.asarray(first_detection).ravel()
+    return np.array(
+        [upper_bound(int((first >= n).sum()), len(first), confidence) for n in range(1, n_max + 1)]
+    )
+
+
+def first_detections(orders: np.ndarray, detects: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`first_detection`: orders (T, n) of query indices, detects (T, pool) booleans
+    (trial t's attacked model); returns each trial's first detecting position (n if none)."""
+    hits = np.take_along_axis(np.asarray(detects, dtype=bool), np.asarray(orders), axis=1)
+    return np.where(hits.any(1), hits.argmax(1), hits.shape[1])

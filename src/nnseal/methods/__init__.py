@@ -4,6 +4,7 @@ registered in :data:`METHODS` (the CLI, the evaluation harness and the tests rea
 fingerprints (both verified by :func:`nnseal.watermark.verify_watermark`)."""
 
 from nnseal.methods.base import Method, Pool
+from nnseal.methods.boundary import BoundarySensitive
 from nnseal.methods.conferrable import ConferrableExamples
 from nnseal.methods.covert import CovertInputs
 from nnseal.methods.frontier import FrontierStitching
@@ -14,7 +15,14 @@ from nnseal.methods.sensitive import SensitiveSampleGenerator, sensitivity
 from nnseal.methods.ssf import SensitiveSampleFingerprinter
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (NaturalInputs, SensitiveSampleFingerprinter, MarkerFingerprinter, CovertInputs)
+    m.name: m
+    for m in (
+        NaturalInputs,
+        SensitiveSampleFingerprinter,
+        MarkerFingerprinter,
+        CovertInputs,
+        BoundarySensitive,
+    )
 }
 
 OWNERSHIP_METHODS: dict[str, type] = {
@@ -27,6 +35,7 @@ __all__ = [
     "METHODS",
     "OWNERSHIP_METHODS",
     "STRATEGIES",
+    "BoundarySensitive",
     "ConferrableExamples",
     "CovertInputs",
     "FrontierStitching",

@@ -93,11 +93,13 @@ class Method(ABC):
 
     name: ClassVar[str]
     always_measures: ClassVar[bool] = False
+    """Measure the declared environments' noise even when only cpu-fp32 is declared (methods whose
+    candidates sit near a frontier on purpose)."""
+    noise_onnx: bool = False
+    """Measure ONNX Runtime's noise too, declared or not (methods that set it take it as a parameter)."""
     white_box: ClassVar[bool] = True
     """Whether the method looks inside the model (gradients, ``head``, ``penultimate``: the
     :class:`~nnseal.models.inference.WhiteBox` contract); False for methods that only need answers."""
-    """Measure the declared environments' noise even when only cpu-fp32 is declared (methods whose
-    candidates sit near a frontier on purpose)."""
 
     def __init__(
         self,
@@ -170,10 +172,12 @@ class Method(ABC):
 
     def noise_environments(self) -> list[str]:
         """The environments :meth:`stable` runs candidates in: the declared ones — none when only
-        ``cpu-fp32`` is declared, which ``min_margin`` covers, unless the method always measures."""
+        ``cpu-fp32`` is declared, which ``min_margin`` covers, unless the method always measures —
+        and ONNX Runtime whenever ``noise_onnx`` is set."""
         if not self.always_measures and self.serving == list(numerics.DEFAULT_SERVING):
             return []
-        return list(self.serving)
+        envs = list(self.serving)
+        return [*envs, "onnxruntime"] if self.noise_onnx and "onnxruntime" not in envs else envs
 
     def stable(self, model: nn.Module, pool: Pool) -> Pool:
         """The candidates whose answer under every spec is unchanged in every measured serving

@@ -21,7 +21,7 @@ from torch import nn
 from nnseal.detectors import margin_score, sensitivity_score
 from nnseal.grid import to_grid
 from nnseal.methods.base import Method, Pool, answers
-from nnseal.methods.markers import default_perturbations, flip_matrix
+from nnseal.simulation import default_perturbations, flip_matrix
 
 if TYPE_CHECKING:
     from nnseal.data import Dataset

@@ -23,7 +23,6 @@ side in the declared serving environments (:mod:`nnseal.numerics`; ONNX Runtime 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +38,7 @@ from nnseal.methods.base import Method, Pool, answers
 from nnseal.methods.sensitive import SensitiveSampleGenerator
 from nnseal.numerics import measure_noise  # noqa: F401 (re-exported: nnseal.methods.measure_noise)
 from nnseal.outputs import OutputSpec
+from nnseal.simulation import Perturbation, default_perturbations, flip_matrix
 from nnseal.targets.base import Target
 from nnseal.targets.local import TorchTarget
 
@@ -144,47 +144,6 @@ def target_labels(target: Target) -> Callable[[np.ndarray], np.ndarray]:
     return labels_of
 
 
-@dataclass(frozen=True)
-class Perturbation:
-    """A simulated benign-looking weight change: ``gauss`` multiplies every weight by (1 + scale·N(0,1));
-    ``round`` rounds every weight matrix to ``bits`` bits (uniform, symmetric, per tensor)."""
-
-    kind: Literal["gauss", "round"]
-    scale: float = 0.0
-    bits: int = 8
-    seed: int = 0
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        out = copy.deepcopy(model).eval()
-        gen = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():
-            for name, p in out.named_parameters():
-                if self.kind == "gauss":
-                    p.mul_(1 + self.scale * torch.randn(p.shape, generator=gen))
-                elif name.endswith("weight") and p.dim() > 1:
-                    step = p.abs().max().clamp_min(1e-12) / (2 ** (self.bits - 1) - 1)
-                    p.copy_(torch.round(p / step) * step)
-        return out
-
-
-def default_perturbations(
-    scales: Sequence[float] = (1e-3, 3e-3, 1e-2), draws: int = 4, bits: Sequence[int] = (6, 10), seed: int = 0
-) -> list[Perturbation]:
-    gauss = [
-        Perturbation("gauss", s, seed=seed + 1000 * i + j) for i, s in enumerate(scales) for j in range(draws)
-    ]
-    return gauss + [Perturbation("round", bits=b) for b in bits]
-
-
-def flip_matrix(
-    model: nn.Module, x: np.ndarray, perturbations: Sequence[Perturbation], progress: bool = False
-) -> np.ndarray:
-    """(len(x), len(perturbations)) booleans: does the perturbed model change x's top-1 label?"""
-    base = answers(model, x).argmax(1)
-    bar = tqdm(perturbations, desc="markers: simulated tamperings", disable=not progress, leave=False)
-    return np.stack([answers(p.apply(model), x).argmax(1) != base for p in bar], axis=1)
-
-
 @dataclass
 class Markers:
     """Candidate markers, the natural inputs they came from (and their positions among the seeds
@@ -244,7 +203,9 @@ class MarkerGenerator:
             "target_margin": self.target_margin,
             "iters": self.iters,
             "backoff": self.backoff,
-            "perturbations": [vars(p) for p in self.perturbations] if self.strategy == "flip-rate" else None,
+            "perturbations": [p.to_dict() for p in self.perturbations]
+            if self.strategy == "flip-rate"
+            else None,
             "ss_steps": self.ss_steps,
             "ss_epsilon": self.ss_epsilon,
             "seed": self.seed,
@@ -294,7 +255,7 @@ class MarkerGenerator:
         markers = Markers(x[ok], seeds[ok], np.flatnonzero(ok))
         if self.strategy == "flip-rate":
             stages.set_postfix_str("flip rates")
-            markers.flips = flip_matrix(model, markers.x, self.perturbations, progress)
+            markers.flips = flip_matrix(model, markers.x, self.perturbations, progress=progress)
         stages.update()
         return markers
 
@@ -358,8 +319,3 @@ class MarkerFingerprinter(Method):
         if markers.flips is not None:
             details["flip_rate"] = markers.flips.mean(1)
         return Pool(markers.x, probs, markers.seeds, markers.flips, details)
-
-    def noise_environments(self) -> list[str]:
-        """The declared environments, and ONNX Runtime with ``noise_onnx``: always measured."""
-        envs = super().noise_environments()
-        return [*envs, "onnxruntime"] if self.noise_onnx and "onnxruntime" not in envs else envs

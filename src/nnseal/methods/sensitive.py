@@ -13,18 +13,24 @@ Two ways to compute S and its gradient with respect to the input:
   ``Σ_k ‖∂f_k/∂z‖² = ‖diag(p) − ppᵀ‖²_F`` has a closed form, so one forward and one backward
   pass give the exact gradient for the whole batch — the same cost as a plain input gradient.
 * **any parameters, factored** (the default for every other W): per-output gradients factor
-  through each layer's input ``a`` and the back-propagated signal ``m_k = ∂z_k/∂y`` at its output
-  ``y`` (the per-example-gradient-norm trick of Goodfellow 2015, Opacus, BackPACK). For a linear
-  map ``y = a Wᵀ + b``, ``∂z_k/∂W = m_kᵀ a``, so ``⟨∂z_i/∂W, ∂z_j/∂W⟩ = ⟨m_i, m_j⟩‖a‖²``; a
-  ``Conv2d`` is the same over its unfolded input (im2col), computed directly or through the
-  input Gram matrix, whichever needs fewer operations; batch norm in eval mode is an affine map per
-  channel. With ``H`` the K×K Gram matrix of the per-logit gradients,
-  ``S = Σ_k ‖∂f_k/∂W‖² = ⟨JᵀJ, H⟩`` (J the softmax Jacobian; ``J = I`` for logits). Behind a
-  piecewise-linear network (ReLU, max / average pooling, linear layers, eval batch norm,
-  reshapes) the signals ``m_k`` are locally constant in x, exactly as Algorithm 1's double
-  backprop sees them (the derivative of a ReLU mask is zero), so ``∂S/∂x`` is one ordinary
-  backward pass through the forward graph and ``H``: one forward, K input-only backward passes
-  (batched over the samples), the Gram products and one backward per batch.
+  through each layer's input ``a`` and the back-propagated signal ``m = ∂(s·z)/∂y`` at its output
+  ``y`` for a seed ``s`` (the per-example-gradient-norm trick of Goodfellow 2015, Opacus,
+  BackPACK). With ``f = softmax(z)`` and J its Jacobian, ``∂f_k/∂W = Σ_j J_kj ∂z_j/∂W``; J's rows
+  sum to zero, so with B an orthonormal basis of the vectors orthogonal to (1, …, 1) the K−1
+  seeds ``s_r`` = rows of ``B·J`` give ``S = Σ_k ‖∂f_k/∂W‖² = Σ_r ‖∂(s_r·z)/∂W‖²`` (for logits,
+  the K unit seeds): K−1 (K) input-only backward passes, each batched over the samples, and as
+  the seeds already carry the softmax no K×K mixing of large tensors follows. For a linear map
+  ``y = a Wᵀ + b``, ``∂(s·z)/∂W = mᵀ a`` and ``‖mᵀa‖² = ‖m‖²‖a‖²``; a ``Conv2d``'s per-seed weight
+  gradients are one weight gradient of a grouped convolution with a group per sample (or, for a
+  narrow input patch, products with the unfolded input, one seed at a time), or go through the
+  input Gram matrix when that needs fewer operations; batch norm in eval mode is an affine map
+  per channel. Behind a piecewise-linear network (ReLU, max / average pooling, linear layers,
+  eval batch norm, reshapes) the signals are locally constant in x, exactly as Algorithm 1's
+  double backprop sees them (the derivative of a ReLU mask is zero), so ``∂S/∂x`` has two parts:
+  through each layer's input, in closed form from the same per-seed gradients (for a convolution
+  the input gradient of the grouped convolution), and through the seeds' dependence on z, from
+  the (K−1)×(K−1) Gram matrix of the per-seed gradients without any division by a probability;
+  one ordinary backward pass through the forward graph takes both to x.
 * **any parameters, per sample** (fallback): Algorithm 1's double backprop, one sample at a
   time, for the parameters the factored path cannot take, decided per parameter by one probe
   forward on two samples: an owner other than ``nn.Linear``, ``nn.Conv2d`` (groups 1, zero padding, numeric
@@ -47,6 +53,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -56,6 +63,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, jacrev, vmap
 from torch.nn import functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
 from tqdm.auto import tqdm
 
 from nnseal import grid
@@ -133,7 +141,7 @@ def _functional_chunk(
 # The factored any-layer path.
 
 FACTORED_CHUNK_ELEMENTS = 1 << 25
-"""Rough bound on the elements of the K-fold tensors (signals, per-logit gradients) that one chunk
+"""Rough bound on the elements of the K-fold tensors (signals, per-seed gradients) that one chunk
 of the factored path holds (128 MiB in float32); the chunk size follows from the probe's shapes."""
 
 _LINEAR_OPS = frozenset(
@@ -355,8 +363,8 @@ def _probe(
 
 
 def _gram_size(module: nn.Module, a: torch.Tensor, y: torch.Tensor) -> int:
-    """Elements per sample and output of the per-logit gradient (direct) or the input Gram
-    matrix (per sample) the weight's Gram step holds."""
+    """Elements per sample and seed of the per-seed weight gradient (direct) or of the input Gram
+    matrix (per sample) that the weight's step holds."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return y.shape[1]
     u = _unfolded(module, a)
@@ -372,61 +380,201 @@ def _unfolded(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
     return a.reshape(len(a), -1, a.shape[-1])
 
 
-def _pairs(d: torch.Tensor, full: bool) -> torch.Tensor:
-    """(N, K, D) → the K×K Gram matrix per sample (full) or its diagonal."""
-    return d @ d.transpose(1, 2) if full else d.pow(2).sum(-1)
+@functools.cache
+def _complement_basis(k: int) -> torch.Tensor:
+    """(K−1, K): orthonormal rows spanning the vectors orthogonal to (1, …, 1), float64."""
+    ones_first = torch.cat(
+        [torch.ones(k, 1, dtype=torch.float64), torch.eye(k, dtype=torch.float64)[:, :-1]], 1
+    )
+    return torch.linalg.qr(ones_first)[0][:, 1:].T.contiguous()
 
 
-def _weight_pairs(mt: torch.Tensor, u: torch.Tensor, full: bool) -> torch.Tensor:
-    """Gram of the per-logit weight gradients ``D_k = m_k u`` (m_k: O×L, u: L×P) per sample, from
-    signals ``mt`` (N, K, O, L) and unfolded inputs ``u`` (N, L, P): directly, or as
-    ``⟨m_i, m_j uuᵀ⟩`` through the L×L input Gram matrix — whichever takes fewer operations."""
-    n, k, o, l_ = mt.shape
-    p, kk = u.shape[-1], k * k if full else k
-    m = mt.reshape(n, k * o, l_)
-    if k * l_ * o * p + kk * o * p <= l_ * l_ * p + k * l_ * l_ * o + kk * l_ * o:
-        return _pairs((m @ u).reshape(n, k, o * p), full)
-    t = (m @ (u @ u.transpose(1, 2))).reshape(n, k, o * l_)
-    m = m.reshape(n, k, o * l_)
-    return m @ t.transpose(1, 2) if full else (m * t).sum(-1)
-
-
-def _layer_pairs(
-    module: nn.Module, attrs: tuple[str, ...], a: torch.Tensor, sig: torch.Tensor, full: bool
-) -> torch.Tensor:
-    """Σ over ``attrs`` of the per-logit gradient Gram matrices (N, K, K), or their diagonals (N, K),
-    of one layer from its input ``a`` and the signals ``sig`` = ∂z/∂y (N, K, *y.shape[1:])."""
-    n, k = sig.shape[:2]
-    out = torch.zeros((), device=a.device)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        c = sig.shape[2]
-        ms = sig.reshape(n, k, c, -1)  # (N, K, C, positions)
-        if "weight" in attrs:
-            shape = (1, c, *[1] * (a.dim() - 2))
-            xhat = (a - module.running_mean.view(shape)) / torch.sqrt(
-                module.running_var.view(shape) + module.eps
-            )  # type: ignore[union-attr]
-            out = out + _pairs((ms * xhat.reshape(n, 1, c, -1)).sum(-1), full)
-        if "bias" in attrs:
-            out = out + _pairs(ms.sum(-1), full)
-        return out
-    if type(module) is nn.Conv2d:
-        mt = sig.reshape(n, k, sig.shape[2], -1)  # (N, K, O, L)
-    else:
-        mt = sig.reshape(n, k, -1, sig.shape[-1]).transpose(2, 3)  # (N, K, O, L)
-    if "weight" in attrs:
-        out = out + _weight_pairs(mt, _unfolded(module, a), full)
-    if "bias" in attrs:
-        out = out + _pairs(mt.sum(-1), full)
-    return out
-
-
-def _softmax_jacobian_gram(z: torch.Tensor) -> torch.Tensor:
-    """JᵀJ = J² per row for J = diag(p) − ppᵀ, in float64, J's diagonal from positive terms."""
+def _softmax_jacobian(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, J = diag(p) − ppᵀ) per row, in float64, J's diagonal from positive terms only."""
     p = torch.softmax(z.double(), dim=1)
     off_diag = 1.0 - torch.eye(p.shape[1], dtype=p.dtype, device=p.device)
-    j = torch.diag_embed(p * (p @ off_diag)) - p.unsqueeze(2) * p.unsqueeze(1) * off_diag
-    return j @ j
+    return p, torch.diag_embed(p * (p @ off_diag)) - p.unsqueeze(2) * p.unsqueeze(1) * off_diag
+
+
+def _logit_gradient(p: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """∂S/∂z through the softmax Jacobian alone, for ``S = Σ_r ‖Σ_k J_rk G_k‖²`` with the per-logit
+    gradients ``G_k`` held fixed, from ``h`` = the Gram matrix of the ``Σ_k J_rk G_k`` (N, K, K) and
+    ``p``. Since each row of J sums to zero, ``⟨Σ_j J_rj G_j, G_k⟩ = h_rk / p_k`` up to a term that
+    ∂J/∂z removes, and the 1/p_k cancel: no division, so tiny probabilities are harmless."""
+    d = h.diagonal(dim1=1, dim2=2)
+    hp = (h * p.unsqueeze(2)).sum(1)  # Σ_r h_ra p_r
+    jac = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    rows = (h.sum(2).unsqueeze(2) * jac).sum(1)  # Σ_r (Σ_k h_rk) J_ra
+    return 2 * (d - p * d.sum(1, keepdim=True) - rows - hp + p * hp.sum(1, keepdim=True))
+
+
+def _pairs(d: torch.Tensor) -> torch.Tensor:
+    """(N, R, D) → the R×R Gram matrix per sample."""
+    return d @ d.transpose(1, 2)
+
+
+def _norms(d: torch.Tensor, need_h: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Σ_r ‖d_r‖² per sample and, if asked for, the Gram matrix (whose trace that sum is)."""
+    if not need_h:
+        return d.pow(2).sum((1, 2)), None
+    h = _pairs(d)
+    return h.diagonal(dim1=1, dim2=2).sum(1), h
+
+
+_Terms = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
+"""One layer's share: S per sample (N,), ∂S/∂(layer input) with the signals held fixed (None if not
+asked for), and the R×R Gram matrix of the per-seed gradients (N, R, R; None if not asked for)."""
+
+
+def _gram_cheaper(r: int, o: int, l_: int, p: int, need_h: bool) -> bool:
+    """Whether the route through the L×L input Gram matrix takes fewer multiply-adds than the direct
+    one for per-seed weight gradients ``m_r u`` (m_r: O×L, u: L×P), value, input gradient and Gram."""
+    direct = 2 * r * o * l_ * p + (r * r * o * p if need_h else 0)
+    gram = 2 * l_ * l_ * p + r * o * l_ * l_ + (r * o * l_ * l_ + r * r * o * l_ if need_h else 0)
+    return gram < direct
+
+
+def _unfolded_terms(mt: torch.Tensor, u: torch.Tensor, need_grad: bool, need_h: bool) -> _Terms:
+    """S, ∂S/∂u and the Gram matrix for the per-seed weight gradients ``D_r = m_r u`` from signals
+    ``mt`` (N, R, O, L) and unfolded inputs ``u`` (N, L, P): directly, or through ``G = uuᵀ`` as
+    ``⟨D_r, D_q⟩ = ⟨m_r G, m_q⟩`` — whichever takes fewer operations."""
+    n, r, o, l_ = mt.shape
+    m = mt.reshape(n, r * o, l_)
+    if not _gram_cheaper(r, o, l_, u.shape[-1], need_h):
+        d = m @ u
+        du = 2 * (m.transpose(1, 2) @ d) if need_grad else None
+        s, h = _norms(d.reshape(n, r, -1), need_h)
+        return s, du, h
+    g = u @ u.transpose(1, 2)
+    q = m.transpose(1, 2) @ m  # Σ_r m_rᵀ m_r
+    h = None
+    if need_h:
+        h = (m @ g).reshape(n, r, o * l_) @ mt.reshape(n, r, o * l_).transpose(1, 2)
+    return (g * q).sum((1, 2)), 2 * (q @ u) if need_grad else None, h
+
+
+SMALL_CONV_PATCH = 32
+"""A convolution with at most this many inputs per output position (in channels × kernel size, as
+a first layer on images) takes its per-seed weight gradients one seed at a time from the unfolded
+input; wider ones take them for all seeds at once as one grouped convolution."""
+
+
+def _conv_terms(
+    module: nn.Conv2d,
+    attrs: tuple[str, ...],
+    a: torch.Tensor,
+    sigs: list[torch.Tensor],
+    need_grad: bool,
+    need_h: bool,
+) -> _Terms:
+    n, o = sigs[0].shape[:2]
+    r, c, size = len(sigs), a.shape[1], sigs[0].shape[2:]
+    l_, p = size.numel(), module.weight[0].numel()
+    geometry = (module.kernel_size, module.dilation, module.padding, module.stride)
+    bias = "bias" in attrs
+    if "weight" not in attrs:
+        s, h = _norms(torch.stack([sig.reshape(n, o, l_).sum(-1) for sig in sigs], 1), need_h)
+        return s, None, h
+    if _gram_cheaper(r, o, l_, p, need_h):
+        u = F.unfold(a, *geometry).transpose(1, 2)  # type: ignore[arg-type]
+        mt = torch.stack(sigs, 1).reshape(n, r, o, l_)
+        s, du, h = _unfolded_terms(mt, u, need_grad, need_h)
+        da = F.fold(du.transpose(1, 2), a.shape[2:], *geometry) if du is not None else None  # type: ignore[arg-type]
+        if bias:
+            bs, bh = _norms(mt.sum(-1), need_h)
+            s, h = s + bs, None if h is None else h + bh  # type: ignore[operator]
+        return s, da, h
+    if p <= SMALL_CONV_PATCH:  # one seed at a time, D_rᵀ = uᵀ m_rᵀ; a row of ones gives the bias'
+        ut = F.unfold(a, *geometry)  # type: ignore[arg-type]  # (N, P, L)
+        if bias:
+            ut = torch.cat([ut, ut.new_ones(n, 1, l_)], 1)
+        ds, dut = [], None
+        for sig in sigs:
+            m = sig.reshape(n, o, l_)
+            d = ut @ m.transpose(1, 2)  # (N, P[+1], O)
+            if need_grad:
+                dut = d @ m if dut is None else dut.baddbmm_(d, m)
+            ds.append(d)
+        da = 2 * F.fold(dut[:, :p], a.shape[2:], *geometry) if dut is not None else None  # type: ignore[arg-type]
+        s, h = _norms(torch.stack(ds, 1).reshape(n, r, -1), need_h)
+        return s, da, h
+    # all seeds at once: sample i's per-seed weight gradients are the weight gradient of group i of
+    # a convolution with one group per sample (N·C input channels, N·R·O output channels)
+    grouped = (module.stride, module.padding, module.dilation, n)
+    a1 = a.reshape(1, n * c, *a.shape[2:])
+    m = torch.stack(sigs, 1)
+    g = m.reshape(1, n * r * o, *size)
+    d = conv2d_weight(a1, (n * r * o, *module.weight.shape[1:]), g, *grouped).reshape(n, r, o, p)
+    da = (
+        2 * conv2d_input(a1.shape, d.reshape(-1, *module.weight.shape[1:]), g, *grouped).reshape(a.shape)
+        if need_grad
+        else None
+    )
+    s, h = _norms(d.reshape(n, r, -1), need_h)
+    if bias:
+        bs, bh = _norms(m.reshape(n, r, o, l_).sum(-1), need_h)
+        s, h = s + bs, None if h is None else h + bh  # type: ignore[operator]
+    return s, da, h
+
+
+def _layer_terms(
+    module: nn.Module,
+    attrs: tuple[str, ...],
+    a: torch.Tensor,
+    sigs: list[torch.Tensor],
+    need_grad: bool,
+    need_h: bool,
+) -> _Terms:
+    """One layer's share of S from its input ``a`` and the signals ``sigs`` (one per seed r, each
+    ∂(seed_r · z)/∂y shaped like the layer's output y), summed over ``attrs``."""
+    a = a.detach()
+    if type(module) is nn.Conv2d:
+        return _conv_terms(module, attrs, a, sigs, need_grad, need_h)
+    n, r = len(a), len(sigs)
+    s = torch.zeros(n, dtype=sigs[0].dtype, device=a.device)
+    da: torch.Tensor | None = None
+    hs: list[torch.Tensor] = []
+
+    def add(vec: torch.Tensor) -> torch.Tensor:  # (N, R, D) per-seed gradients that don't depend on a
+        v, vh = _norms(vec, need_h)
+        if vh is not None:
+            hs.append(vh)
+        return v
+
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        c = sigs[0].shape[1]
+        ms = torch.stack(sigs, 1).reshape(n, r, c, -1)  # (N, R, C, positions)
+        if "weight" in attrs:
+            shape = (1, c, *[1] * (a.dim() - 2))
+            inv = torch.rsqrt(module.running_var + module.eps)  # type: ignore[operator]
+            xhat = (a - module.running_mean.view(shape)) * inv.view(shape)  # type: ignore[union-attr]
+            w = (ms * xhat.reshape(n, 1, c, -1)).sum(-1)  # (N, R, C)
+            s = s + add(w)
+            if need_grad:
+                da = (2 * (w.unsqueeze(-1) * ms).sum(1) * inv.view(1, c, 1)).reshape(a.shape)
+        if "bias" in attrs:
+            s = s + add(ms.sum(-1))
+    else:
+        o = sigs[0].shape[-1]
+        m = torch.stack(sigs, 1).reshape(n, r, -1, o)  # (N, R, L, O)
+        if "weight" in attrs:
+            if m.shape[2] == 1:  # D_r = m_r ⊗ a: ‖D_r‖² = ‖m_r‖²‖a‖², ⟨D_r, D_q⟩ = ⟨m_r, m_q⟩‖a‖²
+                a_sq = a.reshape(n, -1).pow(2).sum(1)
+                ms, mh = _norms(m[:, :, 0], need_h)
+                s = s + a_sq * ms
+                da = 2 * a * ms.view(-1, *[1] * (a.dim() - 1)) if need_grad else None
+                if mh is not None:
+                    hs.append(mh * a_sq.view(n, 1, 1))
+            else:
+                ws, du, wh = _unfolded_terms(
+                    m.transpose(2, 3), a.reshape(n, -1, a.shape[-1]), need_grad, need_h
+                )
+                s, da = s + ws, None if du is None else du.reshape(a.shape)
+                if wh is not None:
+                    hs.append(wh)
+        if "bias" in attrs:
+            s = s + add(m.sum(2))
+    return s, da, sum(hs[1:], hs[0]) if hs else None
 
 
 def _factored_chunk(
@@ -445,20 +593,47 @@ def _factored_chunk(
     if any(bad) or z.dim() != 2:
         raise RuntimeError(f"the model's forward changed since the probe: {next(b for b in bad if b)}")
     ys = [records[m][0][1] for m in modules]
+    n, k = z.shape
+    full = of == "probs"
+    if full:  # seeds: rows of B·J, B an orthonormal basis of 1⊥ (J·1 = 0, so K−1 rows suffice)
+        p, jac = _softmax_jacobian(z.detach())
+        basis = _complement_basis(k).to(jac.device)
+        seeds = (basis @ jac).to(z.dtype)
+    else:
+        seeds = torch.eye(k, dtype=z.dtype, device=z.device).expand(n, k, k)
+    r = seeds.shape[1]
     with torch.enable_grad():
-        k, full = z.shape[1], of == "probs"
-        per_k = [
-            torch.autograd.grad(z[:, i].sum(), ys, retain_graph=True, allow_unused=True) for i in range(k)
+        per_seed = [
+            torch.autograd.grad(z, ys, seeds[:, i], retain_graph=need_grad or i < r - 1, allow_unused=True)
+            for i in range(r)
         ]
-        h = torch.zeros((), dtype=torch.float64, device=x.device)
-        for idx, (module, attrs) in enumerate(plan.layers):
-            sig = torch.stack([torch.zeros_like(ys[idx]) if g[idx] is None else g[idx] for g in per_k], 1)
-            h = h + _layer_pairs(module, attrs, records[module][0][0], sig, full).double()
-        s = (_softmax_jacobian_gram(z) * h).sum((1, 2)) if full else h.sum(1)
-        if not need_grad:
-            return s.detach(), None
-        (g,) = torch.autograd.grad(s.sum(), xg)
-    return s.detach(), g
+    need_h = full and need_grad
+    s = torch.zeros(n, dtype=torch.float64, device=x.device)
+    h = torch.zeros((n, r, r), dtype=torch.float64, device=x.device) if need_h else None
+    outs: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    for idx, (module, attrs) in enumerate(plan.layers):
+        sigs = [torch.zeros_like(ys[idx]) if g[idx] is None else g[idx] for g in per_seed]
+        a = records[module][0][0]
+        ls, da, lh = _layer_terms(module, attrs, a, sigs, need_grad and a.requires_grad, need_h)
+        s = s + ls.double()
+        if h is not None and lh is not None:
+            h = h + lh.double()
+        if da is not None:
+            outs.append(a)
+            grads.append(da)
+    if not need_grad:
+        return s, None
+    if h is not None:  # back from B·J to J: the Gram matrix of Σ_k J_rk ∂z_k/∂W is Bᵀ h B
+        outs.append(z)
+        grads.append(_logit_gradient(p, basis.T @ h @ basis).to(z.dtype))
+    g = torch.zeros_like(x)
+    if outs:
+        with torch.enable_grad():
+            (gx,) = torch.autograd.grad(outs, xg, grads, allow_unused=True)
+        if gx is not None:
+            g = gx
+    return s, g
 
 
 def _sensitivity_and_grad(
