@@ -48,6 +48,8 @@ CHUNK = 32
 """Most attacked models per Dask task: thousands of units would otherwise cost a task each."""
 RETRIES = 2
 """Times Dask reruns a failed task before its units are reported as failed."""
+SHOWN_FAILURES = 5
+"""Failed units named in the error (a broken attack fails every one of its seeds)."""
 WORKER_ENVIRONMENT = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 """Dask's default (65536) returns freed memory to the kernel at once: torch's buffers then cost
 system time, and sensitive samples took twice as long (measured on digits)."""
@@ -279,10 +281,11 @@ def run_units(
                 outcomes[i] = outcome
                 bar.update()
     if failed:
-        done = sum(o is not None for o in outcomes)
+        done, more = sum(o is not None for o in outcomes), len(failed) - SHOWN_FAILURES
         raise UnitFailed(
-            f"{len(failed)} attacked model(s) failed: {'; '.join(failed)} ({done} of {len(units)} "
-            f"finished, cached in {cache.folder}: a rerun computes only the rest)"
+            f"{len(failed)} attacked model(s) failed ({done} of {len(units)} finished, cached in "
+            f"{cache.folder}: a rerun computes only the rest): {'; '.join(failed[:SHOWN_FAILURES])}"
+            + (f"; and {more} more" if more > 0 else "")
         )
     return outcomes  # type: ignore[return-value]
 
