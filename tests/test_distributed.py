@@ -4,6 +4,7 @@ cache, failing units are named, and local clusters listen on 127.0.0.1 only."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,7 +160,7 @@ def test_local_clusters_listen_on_localhost_only(cluster: tuple[Any, set]) -> No
     addresses = [info["address"], *info["workers"], *(w["nanny"] for w in info["workers"].values())]
     assert info["workers"] and all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
     opened = _listening(psutil.Process()) - before  # the scheduler and nannies run in this process
-    opened |= {a for w in info["workers"].values() for a in _listening(psutil.Process(w["pid"]))}
+    opened |= {a for pid in client.run(os.getpid).values() for a in _listening(psutil.Process(pid))}
     assert opened and {host for host, _ in opened} == {"127.0.0.1"}, opened
 
 
