@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 from _machine import machine_info, print_table, write_report
+from _roc import roc_auc as auc
+from _roc import roc_points
 
 from nnseal.attacks import run_attack
 from nnseal.data import load_dataset
@@ -95,20 +97,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args()
-
-
-def auc(pos: list[float], neg: list[float]) -> float:
-    """ROC AUC (ties count a half): P(score of a random positive > that of a random negative)."""
-    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
-    return float(((p > n) + 0.5 * (p == n)).mean())
-
-
-def roc_points(pos: list[float], neg: list[float]) -> tuple[list[float], list[float]]:
-    """(FPR, TPR) of "claim if score ≥ t" for every threshold t, from (0, 0) to (1, 1)."""
-    ts = sorted(set(pos) | set(neg), reverse=True)
-    fpr = [0.0] + [float(np.mean(np.asarray(neg) >= t)) for t in ts]
-    tpr = [0.0] + [float(np.mean(np.asarray(pos) >= t)) for t in ts]
-    return fpr, tpr
 
 
 SCORE_NAMES = {

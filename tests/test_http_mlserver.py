@@ -1,5 +1,6 @@
 """Integration with a real inference server: MLServer 1.7.1 (V2 protocol) on 127.0.0.1 serving the
-exported ONNX model and an ONNX Runtime int8 copy through nnseal's custom runtime.
+exported ONNX model, an ONNX Runtime int8 copy, a Frontier-Stitching watermarked copy and an
+independently trained model through nnseal's custom runtime.
 
 MLServer lives in ``.venv-mlserver`` (``scripts/setup-mlserver.sh``). Without it these tests skip,
 unless ``NNSEAL_REQUIRE_MLSERVER=1`` (set by CI), which turns a missing server into a failure.
@@ -17,17 +18,35 @@ from mlserver_rig import MLServer, mlserver_executable
 from server_rig import StopServerAfter, onnx_copies, require_server
 
 from nnseal.cli import main
+from nnseal.methods.frontier import FrontierStitching
+from nnseal.models import export_onnx, train_model
 from nnseal.signing import default_signing_key
 from nnseal.targets import HttpTarget, OnnxTarget, V2Protocol
 from nnseal.verification import Status, verify
+from nnseal.watermark import Ownership, calibrate_key
 
 SPEC = "top1-p4"  # the int8 copy keeps every top-1 label of this fingerprint; its probabilities move
 
 
 @pytest.fixture(scope="module")
-def onnx_models(model, tmp_path_factory) -> dict[str, str]:
+def ownership(model, digits):
+    """A 100-key watermark of the session model with a null calibrated on 6 references (its default
+    kind: stored in the key), the watermarked model and an independent LeNet never used to calibrate."""
+    marked, key, _ = FrontierStitching(key_size=100, seed=0).embed(model, digits[0])
+    key, _ = calibrate_key(key, digits[0], count=6)
+    return key, marked, train_model(digits[0], "lenet", epochs=20, seed=77, progress=False)
+
+
+@pytest.fixture(scope="module")
+def onnx_models(model, ownership, tmp_path_factory) -> dict[str, str]:
     require_server("MLServer", mlserver_executable() is not None)
-    return onnx_copies(model, tmp_path_factory.mktemp("onnx"))
+    folder = tmp_path_factory.mktemp("onnx")
+    _, marked, independent = ownership
+    return {
+        **onnx_copies(model, folder),
+        "watermarked": str(export_onnx(marked, folder / "watermarked.onnx", marked.config.input_shape)),
+        "independent": str(export_onnx(independent, folder / "independent.onnx", model.config.input_shape)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +83,24 @@ def test_tampered_model_served_is_tampered(mlserver, onnx_models, fingerprint) -
     assert verify(fingerprint, OnnxTarget(onnx_models["tampered"]), SPEC).status is Status.TAMPERED
     v = verify(fingerprint, _target(mlserver, "tampered"), SPEC)
     assert v.status is Status.TAMPERED and v.mismatches, v.reason
+
+
+def test_ownership_of_served_models_is_decided_on_the_keys_null(mlserver, ownership, tmp_path) -> None:
+    key, _, _ = ownership
+    key.save(tmp_path / "owner.key.nnseal", ed25519_key=default_signing_key()[0])
+    runs = {}
+    for name in ("watermarked", "independent"):
+        args = ["watermark", "verify", str(tmp_path / "owner.key.nnseal"), "--url", mlserver.url]
+        r = CliRunner().invoke(
+            main, [*args, "--protocol", "v2", "--model-name", name, "--returns", "logits", "--json"]
+        )
+        runs[name] = (r.exit_code, json.loads(r.output) if r.output.startswith("{") else r.output)
+    code, out = runs["watermarked"]
+    assert code == Ownership.WATERMARKED.exit_code == 0 and out["status"] == "watermarked", out
+    assert out["null_source"] == "key" and out["queries_used"] == 100 and out["target_stats"]["requests"] >= 1
+    code, out = runs["independent"]
+    assert code == Ownership.NOT_WATERMARKED.exit_code == 1 and out["status"] == "not-watermarked", out
+    assert out["key_accuracy"] < out["claim_accuracy"]
 
 
 def test_server_stopped_mid_run_is_inconclusive(onnx_models, fingerprint, tmp_path) -> None:

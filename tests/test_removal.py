@@ -180,6 +180,15 @@ def test_overwrite_embeds_the_attackers_own_key(model, digits, results) -> None:
     assert key.method == "frontier-stitching" and len(key) == 50 and key.params["seed"] == 1
     assert key_accuracy(result.model, key) == result.record["metrics"]["key_accuracy_after"] == 1.0
     assert key.provenance["source_model_id"] == model_id(model)
+    assert "epsilon_fallback" not in result.record["metrics"] and key.params["epsilon"] == 0.1
+
+
+def test_overwrite_retries_with_the_epsilon_search_where_its_epsilon_forms_no_key(model, digits) -> None:
+    # ε = 0.9 flips every 8×8 digit: no false adversaries; the attacker falls back to the search
+    result = run_attack("overwrite", model, {"epsilon": 0.9, "key_size": 10}, train=digits[0], seed=1)
+    metrics, key = result.record["metrics"], result.artifacts["key"]
+    assert metrics["epsilon_fallback"] is True and key.params["epsilon_requested"] == "auto"
+    assert 0 < metrics["epsilon"] < 0.9 and key_accuracy(result.model, key) == metrics["key_accuracy_after"]
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,12 @@ def watermark(
     boost: int = 10,
     epochs: float = 5.0,
     checks_per_epoch: int = 4,
+    settle: float = 2.0,
     lr: float = 1e-3,
 ) -> nn.Module:
     """Embed a frontier-stitching watermark (FGSM key of ``key_size`` inputs at ``epsilon``, fine-tuned on
-    clean data plus the key boosted ``boost`` times until the key is learnt); the key is the attack's
+    clean data plus the key boosted ``boost`` times until the key is learnt, then ``settle`` epochs
+    more); the key is the attack's
     artifact ``key``. ``epsilon="auto"``: the paper's 0.25, or the nearest ε on a ×0.8 grid that
     forms a balanced key (the metrics' ``epsilon`` is the one used)."""
     train = ctx.require_train("watermark")
@@ -37,6 +39,7 @@ def watermark(
         boost=boost,
         epochs=epochs,
         checks_per_epoch=checks_per_epoch,
+        settle=settle,
         lr=lr,
         seed=ctx.seed,
         progress=ctx.progress,

@@ -63,10 +63,20 @@ def watermark() -> None:
     show_default=True,
     callback=_epsilon,
     help="FGSM step (L∞, pixels in [0, 1]); auto: the paper's 0.25, or the nearest ε on a ×0.8 grid "
-    "that forms a balanced key (at most 8 tried).",
+    "that forms a balanced key (at most 12 tried).",
 )
 @click.option("--boost", default=10, show_default=True, help="Times the key is repeated in fine-tuning.")
-@click.option("--epochs", default=5.0, show_default=True, help="Most fine-tuning epochs.")
+@click.option(
+    "--epochs", default=5.0, show_default=True, help="Most fine-tuning epochs until the key is learnt."
+)
+@click.option(
+    "--settle",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Epochs of further fine-tuning once every key is right, so a light fine-tune does not undo it "
+    "(0: stop there, as WRT does).",
+)
 @click.option("--lr", default=1e-3, show_default=True, help="Fine-tuning learning rate (Adam).")
 @click.option("--seed", default=0, show_default=True)
 @click.option(
@@ -116,6 +126,7 @@ def watermark_embed(
     epsilon: float | str,
     boost: int,
     epochs: float,
+    settle: float,
     lr: float,
     seed: int,
     n_references: int,
@@ -144,7 +155,14 @@ def watermark_embed(
     m = load_model(model)
     references = [open_target(p) for p in reference_files]  # fail on a bad file before any training
     train, test = load_dataset(dataset, root, "train"), load_dataset(dataset, root, "test")
-    params = {"key_size": key_size, "epsilon": epsilon, "boost": boost, "epochs": epochs, "lr": lr}
+    params = {
+        "key_size": key_size,
+        "epsilon": epsilon,
+        "boost": boost,
+        "epochs": epochs,
+        "settle": settle,
+        "lr": lr,
+    }
     result = run_attack("watermark", m, params, train=train, test=test, seed=seed, progress=not as_json)
     key = result.artifacts["key"]
     r = result.record["metrics"]
