@@ -187,7 +187,12 @@ def test_watch_stops_cleanly_on_signals(model, files, signum: int) -> None:
         args += ["--returns", "logits", "--interval", "60"]
         env = {**os.environ, "NNSEAL_HMAC_KEY": "k"}
         p = subprocess.Popen(
-            [sys.executable, "-m", "nnseal", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            [sys.executable, "-m", "nnseal", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            # as from a terminal: a suite run in the background inherits SIGINT ignored, so would the CLI
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             first = json.loads(p.stdout.readline())  # type: ignore[union-attr]
