@@ -169,6 +169,17 @@ def test_cifar10_config_parses() -> None:
     assert {a.paper for a in cfg.attacks} == {"trojan", "error-generic", "error-specific", "compression"}
 
 
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.toml")),
+    ids=lambda p: p.stem,
+)
+def test_every_benchmark_config_parses(path: Path) -> None:
+    """A config the READMEs tell users to run must at least load."""
+    cfg = load_config(path)
+    assert cfg.name == path.stem and cfg.attacks and cfg.methods is not None
+
+
 def test_example_config_parses_with_paths_relative_to_it() -> None:
     from pathlib import Path
 

@@ -23,7 +23,7 @@ from nnseal.evaluation.stats import (
     upper_curve,
 )
 from nnseal.methods import BoundarySensitive
-from nnseal.methods.boundary import approach_boundary, awaken_units
+from nnseal.methods.boundary import approach_junction, awaken_units
 from nnseal.methods.markers import bisect_margin, pgd, top1_margin
 from nnseal.models import export_onnx
 from nnseal.models.inference import probabilities
@@ -103,17 +103,67 @@ def test_head_edit_flips_match_explicit_edits(model, labels_only) -> None:
 # ---- candidates -----------------------------------------------------------------------------------
 
 
-def test_approach_boundary_lowers_margins_on_grid_without_crossing(model, digits) -> None:
+def _logit_gaps(model, x: np.ndarray) -> np.ndarray:
+    """Per input, the label's logit minus every other, smallest first."""
+    with torch.no_grad():
+        z = model(torch.as_tensor(x)).double().numpy()
+    z = -np.sort(-z, axis=1)
+    return z[:, :1] - z[:, 1:]
+
+
+@pytest.fixture(scope="module")
+def boundary_points(model, digits) -> np.ndarray:
     seeds, levels = digits[1].x[:40], digits[1].levels
     x, ok = bisect_margin(model, seeds, pgd(model, seeds, seed=0), 1e-2, levels=levels)
-    x = x[ok]
-    out = approach_boundary(model, x, levels, floor=1e-4, steps=10)
+    return x[ok]
+
+
+def test_approach_junction_with_two_classes_lowers_margins_on_grid_without_crossing(
+    model, digits, boundary_points
+) -> None:
+    x = boundary_points
+    out = approach_junction(model, x, digits[1].levels, floor=1e-4, classes=2, steps=10)
     assert grid.is_on_grid(out, digits[1].levels)
     before, after = probabilities(model, x), probabilities(model, out)
     np.testing.assert_array_equal(before.argmax(1), after.argmax(1))
     assert (top1_margin(after) >= 1e-4).all()
     assert (top1_margin(after) <= top1_margin(before) + 1e-12).all()
     assert np.median(top1_margin(after)) < 0.5 * np.median(top1_margin(before))
+
+
+def test_approach_junction_draws_rivals_in_and_keeps_label_and_margin(model, digits, boundary_points) -> None:
+    x, levels = boundary_points, digits[1].levels
+    two = approach_junction(model, x, levels, floor=1e-4, classes=2, steps=20, seed=0)
+    five = approach_junction(model, x, levels, floor=1e-4, classes=5, steps=20, seed=0)
+    assert grid.is_on_grid(five, levels)
+    after = probabilities(model, five)
+    np.testing.assert_array_equal(probabilities(model, x).argmax(1), after.argmax(1))
+    assert (top1_margin(after) >= 1e-4).all()
+
+    def searched(gaps: np.ndarray) -> np.ndarray:  # the objective: four gaps, the nearest counted 4 times
+        return gaps[:, :4].sum(1) + 3 * gaps[:, 0]
+
+    assert (searched(_logit_gaps(model, five)) <= searched(_logit_gaps(model, x)) + 1e-5).all()
+    five_sum, two_sum = _logit_gaps(model, five)[:, :4].sum(1), _logit_gaps(model, two)[:, :4].sum(1)
+    assert np.median(five_sum) < 0.5 * np.median(two_sum)  # the fifth class comes close, not only the second
+    with pytest.raises(ValueError, match="classes"):
+        approach_junction(model, x, levels, floor=1e-4, classes=1)
+    with pytest.raises(ValueError, match="junction_classes"):
+        BoundarySensitive(junction_classes=1)
+
+
+def test_approach_junction_on_a_fine_grid_moves_single_pixels_and_stays_on_it(model, boundary_points) -> None:
+    x = grid.to_grid(boundary_points, 255)
+    labels = probabilities(model, x).argmax(1)
+    keep = top1_margin(probabilities(model, x)) >= 1e-4
+    out = approach_junction(model, x[keep], 255, floor=1e-4, steps=5)  # 255 levels: no pairs by default
+    assert grid.is_on_grid(out, 255) and (np.abs(out - x[keep]) <= 5 / 255 + 1e-6).all()
+    after = probabilities(model, out)
+    np.testing.assert_array_equal(after.argmax(1), labels[keep])
+    assert (top1_margin(after) >= 1e-4).all()
+    assert np.median(_logit_gaps(model, out)[:, :4].sum(1)) < np.median(
+        _logit_gaps(model, x[keep])[:, :4].sum(1)
+    )
 
 
 def test_awaken_units_switches_on_units_the_data_leaves_off(model, digits) -> None:
