@@ -3,6 +3,8 @@ printing their tables."""
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import os
 import platform
@@ -26,6 +28,19 @@ def machine_info(load_start: tuple[float, float, float]) -> dict[str, Any]:
         "torch": torch.__version__,
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
+    }
+
+
+def run_config(
+    args: argparse.Namespace, load_start: tuple[float, float, float], **extra: Any
+) -> dict[str, Any]:
+    """What a run was asked to do and where it ran: its arguments, ``extra``, the date and the machine."""
+    return {
+        **vars(args),
+        "out": str(args.out),
+        **extra,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(load_start),
     }
 
 

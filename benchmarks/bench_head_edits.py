@@ -20,14 +20,13 @@ of more than N of them. Prints a table; writes ``benchmarks/results/bench_head_e
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import machine_info, print_table, write_report
+from _machine import print_table, run_config, write_report
 
 from nnseal.data import load_dataset
 from nnseal.methods.boundary import BoundarySensitive
@@ -117,14 +116,12 @@ def main() -> int:
     write_report(
         args.out,
         {
-            "config": {
-                **vars(args),
-                "out": str(args.out),
-                "model": {"data": "digits", "arch": "lenet", "epochs": 20, "seed": args.seed},
-                "method": method.get_params(),
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": machine_info(load_start),
-            },
+            "config": run_config(
+                args,
+                load_start,
+                model={"data": "digits", "arch": "lenet", "epochs": 20, "seed": args.seed},
+                method=method.get_params(),
+            ),
             "units": n_units,
             "off_on_data": off.tolist(),
             "woken_alone": sorted(alone),

@@ -20,16 +20,15 @@ Prints a table; writes ``benchmarks/results/bench_junction.json``::
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import machine_info, print_table, write_report
+from _machine import print_table, run_config, write_report
 
-from nnseal.attacks import run_attack
+from nnseal.attacks import ATTACKS, run_attack
 from nnseal.data import load_dataset
 from nnseal.methods.base import answers
 from nnseal.methods.boundary import BoundarySensitive
@@ -37,13 +36,13 @@ from nnseal.models import train_model
 from nnseal.simulation import head_edit_flips
 
 REPO = Path(__file__).resolve().parents[1]
-ATTACKS = {  # name: (registered attack, params, needs data)
-    "8-bit rounding": ("quantize-bits", {"bits": 8}, False),
-    "float16": ("cast", {"dtype": "float16"}, False),
-    "finetune": ("finetune", {}, True),
-    "poison-generic": ("poison-generic", {"source": 3}, True),
-    "poison-specific": ("poison-specific", {"source": 3, "target": 8}, True),
-    "trojan": ("trojan", {}, True),
+FAMILIES = {  # label: (registered attack, params); attacks that train get --models seeds, the rest one
+    "8-bit rounding": ("quantize-bits", {"bits": 8}),
+    "float16": ("cast", {"dtype": "float16"}),
+    "finetune": ("finetune", {}),
+    "poison-generic": ("poison-generic", {"source": 3}),
+    "poison-specific": ("poison-specific", {"source": 3, "target": 8}),
+    "trojan": ("trojan", {}),
 }
 
 
@@ -69,10 +68,10 @@ def main() -> int:
     model = train_model(train, "lenet", epochs=20, seed=args.seed, progress=False).eval()
     attacked = {
         name: [
-            run_attack(attack, model, params, train=train if data else None, seed=1000 + s).model
-            for s in range(args.models if data else 1)
+            run_attack(attack, model, params, train=train, seed=1000 + s).model
+            for s in range(args.models if ATTACKS[attack].needs_data else 1)
         ]
-        for name, (attack, params, data) in ATTACKS.items()
+        for name, (attack, params) in FAMILIES.items()
     }
     results, params = {}, {}
     for classes in (2, 5):
@@ -95,13 +94,20 @@ def main() -> int:
         }
         params[classes] = method.get_params()
 
-    header = ["junction classes", "pool", "gaps to 2nd…5th (median)", *ATTACKS, "+1 % head edits (20 q)", "s"]
+    header = [
+        "junction classes",
+        "pool",
+        "gaps to 2nd…5th (median)",
+        *FAMILIES,
+        "+1 % head edits (20 q)",
+        "s",
+    ]
     rows = [
         [
             c,
             r["pool"],
             " / ".join(f"{g:.3g}" for g in r["median_gaps_2_to_5"]),
-            *(f"{r['flip_share'][a]:.2f}" for a in ATTACKS),
+            *(f"{r['flip_share'][a]:.2f}" for a in FAMILIES),
             f"{r['head_edits_caught_by_20']:.1%}",
             f"{r['seconds']:.0f}",
         ]
@@ -114,15 +120,13 @@ def main() -> int:
     write_report(
         args.out,
         {
-            "config": {
-                **vars(args),
-                "out": str(args.out),
-                "model": {"data": "digits", "arch": "lenet", "epochs": 20, "seed": args.seed},
-                "attacks": {k: {"attack": a, "params": p_} for k, (a, p_, _) in ATTACKS.items()},
-                "methods": {str(k): v for k, v in params.items()},
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": machine_info(load_start),
-            },
+            "config": run_config(
+                args,
+                load_start,
+                model={"data": "digits", "arch": "lenet", "epochs": 20, "seed": args.seed},
+                attacks={k: {"attack": a, "params": p_} for k, (a, p_) in FAMILIES.items()},
+                methods={str(k): v for k, v in params.items()},
+            ),
             "results": {str(k): v for k, v in results.items()},
             "total_s": total,
         },

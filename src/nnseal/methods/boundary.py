@@ -109,8 +109,10 @@ def approach_junction(
     bar = tqdm(range(steps), desc="junction search", disable=not progress, leave=False)
     for _ in bar:
         todo = np.flatnonzero(active)
+        if not len(todo):
+            break
         bar.set_postfix(improving=len(todo))
-        for rows in np.array_split(todo, -(-len(todo) // chunk)) if len(todo) else []:
+        for rows in np.array_split(todo, -(-len(todo) // chunk)):
             base, lab, r = flat[rows], labels[rows], np.arange(len(rows))[:, None]
             g = gradient(base, lab)
             moved = base[:, pixel] + sign
