@@ -100,7 +100,7 @@ def test_experiment_end_to_end(tmp_path) -> None:
             )
     assert len(results.attacks) == 4 and {a["seed"] for a in results.attacks} == {0, 1000}
     # what the trials support: the random edit has 2 independent models, the deterministic 4-bit
-    # rounding (identical answers from both seeds) one trial per distinct bag
+    # rounding (identical answers from both seeds) one trial per bag drawn
     assert results.trials["big-edit"]["trials"] == 2 and not results.trials["big-edit"]["deterministic"]
     assert results.trials["4bit"]["deterministic"] and results.trials["4bit"]["trials"] == 3
     for attack, by_sel in results.supported.items():

@@ -281,6 +281,23 @@ def test_curves_claim_only_what_independent_trials_support() -> None:
     assert supported["random"]["top1"][0] == pytest.approx(smallest_supported(50))
     same = {"top1": [{"p": np.ones(pool, bool)}] * 2}
     _, supported, _, info = _curves(same, sels, orders, n_max, [1e-2], 50, deterministic=True)
-    assert info["trials"] == 10 and info["deterministic"]  # 10 distinct bags of one deterministic model
+    assert info["trials"] == 50 and info["deterministic"]  # every bag with the one deterministic model
     assert supported["random"]["top1"] == [0.0] * 3  # exact over the draw when the model is fixed
     np.testing.assert_allclose(upper_curve(np.zeros(10), 3), [smallest_supported(10)] * 3)
+
+
+def test_a_common_bag_that_misses_is_weighed_as_often_as_it_is_drawn() -> None:
+    """A deterministic attack that only the rare bags catch: 45 of 50 draws miss. Counting distinct
+    bags alone (one missing of six) would bound the missing rate at ~58 %, below what was drawn."""
+    pool, n_max = 10, 2
+    common, rare = np.array([0, 1]), [np.array([2 + k, 0]) for k in range(5)]
+    orders = {"ordered": [common] * 45 + rare}
+    detects = np.zeros(pool, bool)
+    detects[2:7] = True
+    same = {"top1": [{"p": detects}] * 2}
+    curves, supported, _, info = _curves(
+        same, [Selection("ordered", "p", "ordered")], orders, n_max, [1e-2], 50, deterministic=True
+    )
+    assert info["trials"] == 50
+    assert curves["ordered"]["top1"][-1] == pytest.approx(0.9)
+    assert supported["ordered"]["top1"][-1] >= 0.9

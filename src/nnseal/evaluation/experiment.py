@@ -317,7 +317,9 @@ def _curves(
     with a random attack, no rate below :func:`smallest_supported` of the models is claimed.
     Ordered selections: the curve over every (bag, model) pair among the first ``bags`` bags, and a
     Clopper–Pearson upper bound from independent trials — bag k with model k, or, when every
-    attacked model answered identically (a deterministic attack), every bag with that model."""
+    attacked model answered identically (a deterministic attack), every bag with that model. Bags are
+    i.i.d. draws of the verifier's fingerprint, so a bag drawn twice counts twice: keeping only
+    distinct bags would weigh a rare bag like a common one and could bound a common miss too low."""
     models = len(next(iter(detections.values())))
     trials = models
     curves: dict[str, dict[str, list[float]]] = {s.name: {} for s in sels}
@@ -338,8 +340,7 @@ def _curves(
                     for d in detects
                 ]
                 curve = missing_rate_ordered(np.concatenate(cross), n_max)
-                if deterministic:  # independent trials are distinct bags (one, when every bag is the pool)
-                    picks = np.unique(picks, axis=0)
+                if deterministic:  # the bags are the independent draws; repeats count as drawn
                     firsts = first_detections(picks, np.repeat(detects[:1], len(picks), 0))
                 else:
                     firsts = first_detections(picks[np.arange(models) % len(picks)], detects)
