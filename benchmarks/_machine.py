@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write a benchmark's JSON results atomically and say where."""
     atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {path}")
+
+
+def finish(
+    args: argparse.Namespace, load_start: tuple[float, float, float], t0: float, config: dict[str, Any],
+    **report: Any,
+) -> None:  # fmt: skip
+    """Print the total time; write ``report`` with its config (:func:`run_config`) to ``args.out``."""
+    total = time.perf_counter() - t0
+    print(f"total {total:.0f} s")
+    write_report(args.out, {"config": run_config(args, load_start, **config), **report, "total_s": total})
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> None:

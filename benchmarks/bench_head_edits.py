@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import print_table, run_config, write_report
+from _machine import finish, print_table
 
 from nnseal.data import load_dataset
 from nnseal.methods.boundary import BoundarySensitive
@@ -111,24 +111,19 @@ def main() -> int:
         ["queries", "+1 % edits caught: all entries", "entries on units the data switches on"],
         [[k, f"{v['all']:.1%}", f"{v['alive']:.1%}"] for k, v in coverage.items()],
     )
-    total = time.perf_counter() - t0
-    print(f"total {total:.0f} s")
-    write_report(
-        args.out,
+    finish(
+        args,
+        load_start,
+        t0,
         {
-            "config": run_config(
-                args,
-                load_start,
-                model={"data": "digits", "arch": "lenet", "epochs": 20, "seed": args.seed},
-                method=method.get_params(),
-            ),
-            "units": n_units,
-            "off_on_data": off.tolist(),
-            "woken_alone": sorted(alone),
-            "woken_together": {str(k): v for k, v in together.items()},
-            "coverage": coverage,
-            "total_s": total,
+            "model": {"data": "digits", "arch": "lenet", "epochs": 20, "seed": args.seed},
+            "method": method.get_params(),
         },
+        units=n_units,
+        off_on_data=off.tolist(),
+        woken_alone=sorted(alone),
+        woken_together={str(k): v for k, v in together.items()},
+        coverage=coverage,
     )
     return 0
 

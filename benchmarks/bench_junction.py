@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import print_table, run_config, write_report
+from _machine import finish, print_table
 
 from nnseal.attacks import ATTACKS, run_attack
 from nnseal.data import load_dataset
@@ -115,21 +115,16 @@ def main() -> int:
     ]
     print(f"digits LeNet, share of (query, attacked model) pairs that flip; {args.models} models per attack")
     print_table(header, rows)
-    total = time.perf_counter() - t0
-    print(f"total {total:.0f} s")
-    write_report(
-        args.out,
+    finish(
+        args,
+        load_start,
+        t0,
         {
-            "config": run_config(
-                args,
-                load_start,
-                model={"data": "digits", "arch": "lenet", "epochs": 20, "seed": args.seed},
-                attacks={k: {"attack": a, "params": p_} for k, (a, p_) in FAMILIES.items()},
-                methods={str(k): v for k, v in params.items()},
-            ),
-            "results": {str(k): v for k, v in results.items()},
-            "total_s": total,
+            "model": {"data": "digits", "arch": "lenet", "epochs": 20, "seed": args.seed},
+            "attacks": {k: {"attack": a, "params": p_} for k, (a, p_) in FAMILIES.items()},
+            "methods": {str(k): v for k, v in params.items()},
         },
+        results={str(k): v for k, v in results.items()},
     )
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import print_table, run_config, write_report
+from _machine import finish, print_table
 
 from nnseal.attacks import run_attack
 from nnseal.data import load_dataset
@@ -100,23 +100,18 @@ def main() -> int:
             f" ≤ 3 queries at a supported ≤ 1 % on {met} of {len(results)} models"
             f" (with no miss, {args.bags} bags support ≤ {upper_bound(0, args.bags):.2%})"
         )
-    total = time.perf_counter() - t0
-    print(f"total {total:.0f} s")
-    write_report(
-        args.out,
+    finish(
+        args,
+        load_start,
+        t0,
         {
-            "config": run_config(
-                args,
-                load_start,
-                model={"data": "digits", "arch": "lenet", "epochs": 20},
-                attacks={k: {"attack": a, "params": p_} for k, (a, p_) in ATTACKS.items()},
-                method=BoundarySensitive(seed=seeds[0]).get_params(),
-                n_max=N_MAX,
-                bag=BAG,
-            ),
-            "results": {str(k): v for k, v in results.items()},
-            "total_s": total,
+            "model": {"data": "digits", "arch": "lenet", "epochs": 20},
+            "attacks": {k: {"attack": a, "params": p_} for k, (a, p_) in ATTACKS.items()},
+            "method": BoundarySensitive(seed=seeds[0]).get_params(),
+            "n_max": N_MAX,
+            "bag": BAG,
         },
+        results={str(k): v for k, v in results.items()},
     )
     return 0
 
